@@ -1,0 +1,31 @@
+# `make repro` sets up .venv and runs the pipeline; `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+# dvc.yaml runs `python stages/...`: put the project's venv first on PATH.
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup repro test test-all bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+repro: setup  ## the main job: the default pipeline
+	dvc repro
+
+test: setup  ## the default test suite (what CI runs)
+	pytest
+
+test-all: setup  ## also the slow tests
+	pytest -m ""
+
+bench: setup  ## training speed against the classic DataLoader loop
+	python bench/train_speed.py
+
+clean:  ## remove pipeline outputs (the DVC cache keeps them restorable)
+	rm -rf data/raw data/processed models plots logs reports dvc_plots .resume

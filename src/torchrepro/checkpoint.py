@@ -1,0 +1,69 @@
+"""Model checkpoints: model.pt (a state_dict) and model.json (how to rebuild and feed it).
+
+Bytes are deterministic: equal tensors give an identical model.pt, so DVC sees
+nothing changed downstream when a rerun reproduces the same weights.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchrepro.atomic import write_bytes, write_json
+from torchrepro.errors import DataError
+from torchrepro.models import create_model
+
+
+def to_bytes(obj: Any) -> bytes:
+    """torch.save into memory. Saving to a path would name the zip's inner folder after the
+    file, so a temporary file name would change the bytes; in memory the name is fixed."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """torch.load with weights_only=True: refuses pickled objects rather than running them."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError as error:
+        reason = str(error).splitlines()[0][:200]
+        raise DataError(f"{path}: refused to load: holds more than tensors and plain data ({reason})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise DataError(f"{path}: corrupt or truncated checkpoint ({str(error).splitlines()[0][:200]})") from None
+
+
+def save_model(model_dir: str | Path, model: nn.Module, info: dict[str, Any]) -> None:
+    """Write model.pt (CPU tensors) and model.json; each file atomically."""
+    model_dir = Path(model_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_bytes(model_dir / "model.pt", to_bytes(state))
+    write_json(model_dir / "model.json", info)
+
+
+def load_model(model_dir: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from model.json and load model.pt into it, safely."""
+    model_dir = Path(model_dir)
+    info_path, weights_path = model_dir / "model.json", model_dir / "model.pt"
+    if not info_path.exists() or not weights_path.exists():
+        raise DataError(f"{model_dir}: no trained model here (model.json and model.pt); run its train stage first")
+    try:
+        info = json.loads(info_path.read_text())
+    except json.JSONDecodeError as error:
+        raise DataError(f"{info_path}: not valid JSON ({error})") from None
+    model = create_model(info["model"], info["input_shape"], info["n_outputs"], **info["model_kwargs"])
+    state = safe_load(weights_path)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise DataError(f"{weights_path}: does not fit model {info['model']!r} ({str(error).splitlines()[0]})") from None
+    return model.to(device).eval(), info

@@ -1,0 +1,130 @@
+"""Evaluation: metrics/<experiment>.json and the predictions behind them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from torchrepro import normalize
+from torchrepro.atomic import write_json, write_text
+from torchrepro.checkpoint import load_model
+from torchrepro.devices import resolve_device
+from torchrepro.params import Params
+from torchrepro.train import loss_fn, predict
+
+DIGITS = 6  # metrics are rounded so `dvc metrics diff` shows changes, not float noise
+
+
+def _round(value: float) -> float:
+    return round(float(value), DIGITS)
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, loss: float, classes: list[str]) -> dict[str, Any]:
+    """Accuracy, loss and per-class precision/recall/F1 (scikit-learn), with class names as keys."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    labels = np.arange(len(classes))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    per_class = {
+        name: {"precision": _round(p), "recall": _round(r), "f1": _round(f), "support": int(s)}
+        for name, p, r, f, s in zip(classes, precision, recall, f1, support)
+    }
+    return {
+        "accuracy": _round(np.mean(y_true == y_pred)),
+        "loss": _round(loss),
+        "n_test": int(len(y_true)),
+        "macro_f1": _round(np.mean(f1)),
+        "per_class": per_class,
+    }
+
+
+def original_units(weight: np.ndarray, bias: float, mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, float]:
+    """A linear map learned on standardized x, (x - mean) / std, rewritten for raw x."""
+    w = weight / std
+    return w, float(bias - np.sum(w * mean))
+
+
+def regression_metrics(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+    pred: np.ndarray, linear: tuple[np.ndarray, float] | None,
+) -> dict[str, Any]:  # fmt: skip
+    """MSE and R² of the model, and of the exact least-squares fit (scikit-learn) on the same
+    raw-unit training data; for a linear model also its weight and bias and the gap to the optimum."""
+    from sklearn.linear_model import LinearRegression
+    from sklearn.metrics import mean_squared_error, r2_score
+
+    exact = LinearRegression().fit(x_train, y_train)
+    exact_pred = exact.predict(x_test)
+    metrics: dict[str, Any] = {
+        "mse": _round(mean_squared_error(y_test, pred)),
+        "r2": _round(r2_score(y_test, pred)),
+        "n_test": int(len(y_test)),
+        "least_squares": {
+            "mse": _round(mean_squared_error(y_test, exact_pred)),
+            "r2": _round(r2_score(y_test, exact_pred)),
+        },
+    }
+    metrics["gap"] = {"mse": _round(metrics["mse"] - metrics["least_squares"]["mse"])}
+    if linear is not None:
+        weight, bias = linear
+        scalar = len(weight) == 1  # one feature: plain numbers read better in `dvc metrics show`
+        as_metric = (lambda w: _round(w[0])) if scalar else (lambda w: [_round(v) for v in w])
+        metrics |= {"weight": as_metric(weight), "bias": _round(bias)}
+        metrics["least_squares"] |= {"weight": as_metric(exact.coef_), "bias": _round(exact.intercept_)}
+        metrics["gap"] |= {
+            "weight": _round(np.max(np.abs(weight - exact.coef_))),
+            "bias": _round(abs(bias - exact.intercept_)),
+        }
+    return metrics
+
+
+def raw_features(x: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+    """Undo standardization of tabular features: back to the CSV's units."""
+    norm = meta["normalize"]
+    return x.astype(np.float64) * np.asarray(norm["std"]) + np.asarray(norm["mean"])
+
+
+def linear_weights(model: torch.nn.Module, meta: dict[str, Any]) -> tuple[np.ndarray, float] | None:
+    """Weight and bias in raw units when the model is a single nn.Linear with one output."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if len(layers) != 1 or layers[0].out_features != 1:
+        return None
+    weight = layers[0].weight.detach().cpu().double().numpy()[0]
+    bias = float(layers[0].bias.detach().cpu().double().numpy()[0])
+    norm = meta["normalize"]
+    return original_units(weight, bias, np.asarray(norm["mean"]), np.asarray(norm["std"]))
+
+
+def run(params: Params, experiment: str) -> dict[str, Any]:
+    """Evaluate a trained experiment on its test split; writes metrics JSON and predictions CSV."""
+    exp = params.experiment(experiment)
+    key = f"experiments.{experiment}.device" if exp.device else "device"
+    device = resolve_device(params.device_for(experiment), key=key)
+    paths = params.paths
+    model, info = load_model(paths.model_dir(experiment), device)
+    data = normalize.load(paths.processed_dir(exp.dataset))
+    x_test = torch.from_numpy(data.x_test).to(device)
+    y_test = torch.from_numpy(data.y_test).to(device)
+    out = predict(model, x_test)
+    loss = loss_fn(info["task"])(out, y_test).item()
+    if info["task"] == "classification":
+        pred = out.argmax(1).cpu().numpy()
+        metrics = classification_metrics(data.y_test, pred, loss, info["classes"])
+        names = np.asarray(info["classes"])
+        rows = [f"{a},{p}" for a, p in zip(names[data.y_test], names[pred])]
+    else:
+        pred = out.squeeze(1).cpu().double().numpy()
+        meta = data.meta
+        metrics = regression_metrics(
+            raw_features(data.x_train, meta), data.y_train.astype(np.float64),
+            raw_features(data.x_test, meta), data.y_test.astype(np.float64),
+            pred, linear_weights(model, meta),
+        )  # fmt: skip
+        rows = [f"{a:.6g},{p:.6g}" for a, p in zip(data.y_test, pred)]
+    write_text(paths.predictions_file(experiment), "\n".join(["actual,predicted", *rows]) + "\n")
+    write_json(paths.metrics_file(experiment), metrics)
+    return metrics

@@ -1,0 +1,145 @@
+"""PNG figures with matplotlib (no torch): learning curves, confusion matrix,
+misclassified digits, regression fits and the activation functions."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from torchrepro import normalize  # noqa: E402
+from torchrepro.atomic import atomic_dir, atomic_path  # noqa: E402
+from torchrepro.params import Params  # noqa: E402
+
+PNG = {"dpi": 100, "metadata": {"Software": None}}  # no version stamp: same figure, same bytes
+
+
+def read_csv(path: str | Path) -> dict[str, list[str]]:
+    """A small CSV as columns of strings."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {name: [row[name] for row in rows] for name in (rows[0] if rows else [])}
+
+
+def learning_curves(history: dict[str, list[str]], out: Path, title: str) -> None:
+    """Loss (and accuracy, for classification) per epoch, train against test."""
+    epochs = np.asarray(history["epoch"], dtype=int)
+    panels = ["loss"] + (["accuracy"] if "train_accuracy" in history else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], panels):
+        for split in ("train", "test"):
+            ax.plot(epochs, np.asarray(history[f"{split}_{metric}"], dtype=float), marker=".", label=split)
+        ax.set(xlabel="epoch", ylabel=metric, title=f"{title}: {metric}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, **PNG)
+    plt.close(fig)
+
+
+def confusion_heatmap(actual: list[str], predicted: list[str], classes: list[str], out: Path, title: str) -> None:
+    """Counts of (true, predicted) pairs; the diagonal is what the model got right."""
+    index = {c: i for i, c in enumerate(classes)}
+    counts = np.zeros((len(classes), len(classes)), dtype=int)
+    np.add.at(counts, ([index[a] for a in actual], [index[p] for p in predicted]), 1)
+    fig, ax = plt.subplots(figsize=(1 + 0.55 * len(classes), 0.8 + 0.5 * len(classes)))
+    ax.imshow(counts, cmap="Blues")
+    for (i, j), n in np.ndenumerate(counts):
+        ax.text(j, i, str(n), ha="center", va="center", fontsize=8, color="white" if n > counts.max() / 2 else "black")
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="actual", title=title)
+    ax.set_xticklabels(classes, rotation=45 if max(map(len, classes)) > 2 else 0)
+    ax.set_yticklabels(classes)
+    fig.tight_layout()
+    fig.savefig(out, **PNG)
+    plt.close(fig)
+
+
+def misclassified_grid(images: np.ndarray, actual: list[str], predicted: list[str], out: Path, limit: int = 36) -> None:
+    """Up to `limit` test images the model got wrong, titled 'true→predicted'."""
+    wrong = [i for i, (a, p) in enumerate(zip(actual, predicted)) if a != p][:limit]
+    cols = 6
+    rows = max(1, -(-len(wrong) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.5), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, wrong):
+        ax.imshow(images[i], cmap="gray_r", vmin=0, vmax=255)
+        ax.set_title(f"{actual[i]}→{predicted[i]}", fontsize=9, color="crimson")
+    fig.suptitle(f"misclassified: {len(wrong)} shown, {sum(a != p for a, p in zip(actual, predicted))} in all")
+    fig.tight_layout()
+    fig.savefig(out, **PNG)
+    plt.close(fig)
+
+
+def regression_fit(x: np.ndarray, y: np.ndarray, metrics: dict[str, Any], out: Path, labels: tuple[str, str]) -> None:
+    """Data points with the learned line and the least-squares line, in the CSV's units."""
+    grid = np.linspace(x.min(), x.max(), 100)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.scatter(x, y, color="black", zorder=3, label="data")
+    learned, exact = metrics, metrics["least_squares"]
+    ax.plot(grid, learned["weight"] * grid + learned["bias"], label=f"SGD: y = {learned['weight']:.4g}x + {learned['bias']:.4g}")
+    ax.plot(grid, exact["weight"] * grid + exact["bias"], "--", label=f"least squares: y = {exact['weight']:.4g}x + {exact['bias']:.4g}")
+    ax.set(xlabel=labels[0], ylabel=labels[1], title="learned line against the optimum")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, **PNG)
+    plt.close(fig)
+
+
+def activations(out: Path) -> None:
+    """The activation functions the models offer on z in [-5, 5], and softmax of a small vector."""
+    z = np.linspace(-5, 5, 201)
+    vector = np.array([2.0, 1.0, 0.1, -1.0])
+    soft = np.exp(vector - vector.max())
+    soft /= soft.sum()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    left.plot(z, 1 / (1 + np.exp(-z)), label="logistic sigmoid")
+    left.plot(z, np.tanh(z), label="tanh")
+    left.plot(z, np.maximum(z, 0), label="ReLU")
+    left.set(xlabel="z", ylabel="activation", ylim=(-1.2, 5.2), title="activation functions")
+    left.grid(alpha=0.3)
+    left.legend()
+    right.bar([f"z={v:g}" for v in vector], soft)
+    for i, p in enumerate(soft):
+        right.text(i, p, f"{p:.3f}", ha="center", va="bottom")
+    right.set(ylabel="probability", title=f"softmax({', '.join(f'{v:g}' for v in vector)})")
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", **PNG)
+    plt.close(fig)
+
+
+def run(params: Params, experiment: str) -> None:
+    """Write plots/<experiment>/*.png from the history, predictions and metrics files."""
+    exp = params.experiment(experiment)
+    paths = params.paths
+    history = read_csv(paths.history_file(experiment))
+    predictions = read_csv(paths.predictions_file(experiment))
+    metrics = json.loads(paths.metrics_file(experiment).read_text())
+    data = normalize.load(paths.processed_dir(exp.dataset))
+    meta = data.meta
+    with atomic_dir(paths.plots_dir(experiment)) as out:
+        learning_curves(history, out / "learning_curves.png", experiment)
+        if meta["task"] == "classification":
+            actual, predicted = predictions["actual"], predictions["predicted"]
+            confusion_heatmap(actual, predicted, meta["classes"], out / "confusion.png", experiment)
+            # The same pairs for DVC's confusion template (declared on this directory in dvc.yaml).
+            (out / "confusion.csv").write_text(
+                "\n".join(["actual,predicted", *(f"{a},{p}" for a, p in zip(actual, predicted))]) + "\n"
+            )
+            if meta["kind"] == "image":
+                pixels = data.x_test[:, 0] * np.float32(meta["normalize"]["std"]) + np.float32(meta["normalize"]["mean"])
+                misclassified_grid(pixels / meta["normalize"]["scale"], actual, predicted, out / "misclassified.png")
+        elif "weight" in metrics and len(meta["feature_names"]) == 1:
+            # The points the line was fitted to, back in the CSV's units.
+            x = data.x_train[:, 0] * meta["normalize"]["std"][0] + meta["normalize"]["mean"][0]
+            labels = (meta["feature_names"][0], meta["target"])
+            regression_fit(x, data.y_train, metrics, out / "fit.png", labels)
