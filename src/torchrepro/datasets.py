@@ -254,3 +254,7 @@ def load(dataset: str, source, raw_dir: str | Path) -> Table:
 def run(params, dataset: str) -> None:
     """The download stage: fetch one dataset from params.yaml into data/raw/<dataset>."""
     fetch(dataset, params.dataset(dataset).source, params.paths.raw_dir(dataset))
+
+
+# Sources defined in their own modules register themselves on import.
+from torchrepro import webdata  # noqa: E402,F401  (mnist, fashion-mnist)
