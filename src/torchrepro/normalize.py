@@ -9,6 +9,7 @@ No torch here: the stage must start fast, and the arrays load with allow_pickle=
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,12 +65,18 @@ def prepare(table: Table, test_size: float | None, seed: int, method: str) -> Pr
     """Split, scale images to [0, 1], standardize with training statistics (method='standardize')."""
     train, test = split_indices(table, test_size, seed)
     image = table.kind == "image"
-    # Images in float32 (70,000 of them in float64 would take 440 MB); statistics in float64.
-    x = table.x.astype(np.float32) / np.float32(255) if image else table.x.astype(np.float64)
+    # Images in float32 and in place: 70,000 of them in float64 would take 440 MB.
+    # Statistics are accumulated in float64 either way.
+    if image:
+        x = table.x.astype(np.float32)
+        x /= np.float32(255)
+    else:
+        x = table.x.astype(np.float64)
     mean, std = standardize_stats(x[train], per_feature=not image)
     if method == "none":
         mean, std = np.zeros_like(mean), np.ones_like(std)
-    x = (x - mean.astype(x.dtype)) / std.astype(x.dtype)
+    x -= mean.astype(x.dtype)
+    x /= std.astype(x.dtype)
     if image:
         x = x[:, None, :, :]  # (N, 1, H, W): one channel, as convolutions expect
     y_dtype = np.int64 if table.task == "classification" else np.float32
@@ -91,10 +98,10 @@ def prepare(table: Table, test_size: float | None, seed: int, method: str) -> Pr
         "split": "source" if table.is_test is not None else ("none" if test_size is None else test_size),
     }
     return Prepared(
-        x[train].astype(np.float32),
-        table.y[train].astype(y_dtype),
-        x[test].astype(np.float32),
-        table.y[test].astype(y_dtype),
+        x[train].astype(np.float32, copy=False),
+        table.y[train].astype(y_dtype, copy=False),
+        x[test].astype(np.float32, copy=False),
+        table.y[test].astype(y_dtype, copy=False),
         meta,
     )
 
@@ -128,7 +135,7 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
             x, y = npz["x"], npz["y"]
     except FileNotFoundError:
         raise DataError(f"{path}: not found; run the normalize stage first") from None
-    except (KeyError, ValueError, OSError, EOFError) as error:
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         raise DataError(f"{path}: corrupt or truncated ({error})") from None
     if len(x) != len(y):
         raise DataError(f"{path}: {len(x)} inputs but {len(y)} targets")

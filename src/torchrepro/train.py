@@ -25,6 +25,8 @@ from torchrepro.models import count_parameters, create_model
 from torchrepro.params import Params, Train
 from torchrepro.resume import ResumeStore, file_digest
 
+CHUNK_BYTES = 32 << 20  # how much of the shuffled training set to gather at a time
+
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": lambda params, cfg: torch.optim.SGD(
         params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -86,35 +88,43 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self.loss = loss_fn(self.task)
+        sample_bytes = self.train.x[:1].nbytes or 1
+        self.chunk = max(1, CHUNK_BYTES // sample_bytes // self.batch_size) * self.batch_size
         # Its own generator, so the batch order does not depend on dropout's draws.
         self.shuffle = torch.Generator(device=self.train.x.device).manual_seed(self.seed)
 
     def train_epoch(self, progress: tqdm | None = None) -> tuple[float, float | None]:
         """One pass over a fresh permutation; returns mean loss and accuracy (None for regression)."""
         self.model.train()
-        n = len(self.train)
-        perm = torch.randperm(n, generator=self.shuffle, device=self.train.x.device)
-        x, y = self.train.x[perm], self.train.y[perm]  # one gather; batches below are views
+        n, device = len(self.train), self.train.x.device
+        perm = torch.randperm(n, generator=self.shuffle, device=device)
         starts = range(0, n, self.batch_size)
         # Per-step results go into buffers on the device: one copy op each, no .item() sync.
-        losses = torch.empty(len(starts), device=x.device)
-        predictions = torch.empty(n if self.task == "classification" else 0, dtype=torch.long, device=x.device)
-        for step, start in enumerate(starts):
-            xb, yb = x[start : start + self.batch_size], y[start : start + self.batch_size]
-            out = self.model(xb)
-            loss = self.loss(out, yb)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            losses[step] = loss.detach()
-            if self.task == "classification":
-                predictions[start : start + self.batch_size] = out.argmax(1)
-            if progress is not None:
-                progress.update(1)
-        sizes = torch.tensor([min(self.batch_size, n - s) for s in starts], device=x.device)
+        losses = torch.empty(len(starts), device=device)
+        predictions = torch.empty(n if self.task == "classification" else 0, dtype=torch.long, device=device)
+        step = 0
+        for chunk_start in range(0, n, self.chunk):
+            # Gather a chunk of whole batches at once; the batches inside are views of it.
+            # Chunks bound the extra memory (a full copy of 60,000 images would be 188 MB).
+            index = perm[chunk_start : chunk_start + self.chunk]
+            x, y = self.train.x[index], self.train.y[index]
+            for start in range(0, len(index), self.batch_size):
+                xb, yb = x[start : start + self.batch_size], y[start : start + self.batch_size]
+                out = self.model(xb)
+                loss = self.loss(out, yb)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                losses[step] = loss.detach()
+                if self.task == "classification":
+                    predictions[chunk_start + start : chunk_start + start + len(yb)] = out.argmax(1)
+                step += 1
+                if progress is not None:
+                    progress.update(1)
+        sizes = torch.tensor([min(self.batch_size, n - s) for s in starts], device=device)
         mean_loss = (losses * sizes).sum().item() / n
         if self.task == "classification":
-            return mean_loss, (predictions == y).sum().item() / n
+            return mean_loss, (predictions == self.train.y[perm]).sum().item() / n
         return mean_loss, None
 
     def snapshot(self, history: list[dict]) -> dict:
@@ -154,7 +164,9 @@ class Trainer:
         self.model.eval()
         out = predict(self.model, split.x, batch_size)
         loss = self.loss(out, split.y).item()
-        accuracy = (out.argmax(1) == split.y).float().mean().item() if self.task == "classification" else None
+        if self.task != "classification":
+            return loss, None
+        accuracy = (out.argmax(1) == split.y).sum().item() / len(split)
         return loss, accuracy
 
 
