@@ -36,10 +36,23 @@ def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any
     except FileNotFoundError:
         raise
     except pickle.UnpicklingError as error:
-        reason = str(error).splitlines()[0][:200]
+        reason = _refusal(error)
         raise DataError(f"{path}: refused to load: holds more than tensors and plain data ({reason})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise DataError(f"{path}: corrupt or truncated checkpoint ({str(error).splitlines()[0][:200]})") from None
+    except Exception as error:  # damaged bytes fail in many ways: EOFError, struct.error, IndexError, ...
+        raise DataError(f"{path}: corrupt or truncated checkpoint ({_first_line(error)})") from None
+
+
+def _first_line(error: Exception) -> str:
+    """The start of an error's message for a one-line report; some (EOFError) have none."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+def _refusal(error: Exception) -> str:
+    """torch's refusal is a page of advice; the line naming what the file holds is the one to show."""
+    for line in str(error).splitlines():
+        if "WeightsUnpickler error:" in line:
+            return line.partition("WeightsUnpickler error:")[2].strip().split(". ")[0][:200]
+    return _first_line(error)
 
 
 def save_model(model_dir: str | Path, model: nn.Module, info: dict[str, Any]) -> None:
@@ -65,5 +78,5 @@ def load_model(model_dir: str | Path, device: torch.device | str = "cpu") -> tup
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as error:
-        raise DataError(f"{weights_path}: does not fit model {info['model']!r} ({str(error).splitlines()[0]})") from None
+        raise DataError(f"{weights_path}: does not fit model {info['model']!r} ({_first_line(error)})") from None
     return model.to(device).eval(), info

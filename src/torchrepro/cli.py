@@ -20,6 +20,9 @@ def run(main: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # output piped into `head` and the reader left: not an error
+        sys.stderr.close()
+        sys.exit(0)
 
 
 def stage(doc: str, target: str, module: str, argv: list[str] | None = None) -> None:

@@ -96,6 +96,7 @@ def read_csv_table(path: Path, features: list[str], target: str, task: Task) -> 
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise DataError(f"{path}: not a readable CSV file: {str(error).strip()}") from None
+    frame.columns = frame.columns.str.strip()  # "x, y " names columns x and y, as cells are stripped too
     missing = [c for c in [*features, target] if c not in frame.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}; the file has: {', '.join(frame.columns)}")

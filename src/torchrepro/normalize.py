@@ -12,13 +12,15 @@ import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from torchrepro.atomic import atomic_dir, write_json
-from torchrepro.datasets import Table
 from torchrepro.errors import DataError
+
+if TYPE_CHECKING:  # annotations only: train and evaluate load processed data without the dataset sources
+    from torchrepro.datasets import Table
 
 
 @dataclass
@@ -131,7 +133,8 @@ def load(data_dir: str | Path) -> Prepared:
 
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        # Our own handle: np.load leaks the one it opens when the zip is damaged (BadZipFile).
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
             x, y = npz["x"], npz["y"]
     except FileNotFoundError:
         raise DataError(f"{path}: not found; run the normalize stage first") from None

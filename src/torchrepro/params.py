@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -122,7 +123,8 @@ class Train(Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     batch_size: Annotated[int, Field(ge=1)] = 64
     epochs: Annotated[int, Field(ge=1)] = 10
-    # Write a resume checkpoint at least this often (seconds); 0 = every epoch only.
+    # Seconds between resume checkpoints: one is written at the end of the first epoch that ends at
+    # least this long after the previous one (or the start); 0 = at the end of every epoch.
     checkpoint_every_s: Annotated[float, Field(ge=0)] = 0.0
 
 
@@ -178,29 +180,49 @@ class Params(Strict):
         return self.seed if exp.seed is None else exp.seed
 
 
+def _locate(loc: tuple) -> tuple[str, type[BaseModel], bool | None]:
+    """Follow an error location through the schema. Returns the key path as written in
+    params.yaml (pydantic inserts the name of the union member it tried: `split.Split.seed`),
+    the model that holds the last key (its keys are what is allowed there) and, when the
+    location ends at a union member, whether that member is a mapping (a model)."""
+    keys: list[str] = []
+    holder, annotation, member = Params, Params, None
+    for part in loc:
+        if str(part).startswith("function-"):
+            continue
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
+            annotation, args = args[0], list(get_args(args[0]))  # Optional[X]: pydantic adds no tag
+        origin, member = get_origin(annotation), None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            holder, field = annotation, annotation.model_fields.get(str(part))
+            annotation = field.annotation if field else None
+        elif origin in (Union, UnionType):  # `part` names the member tried, not a key
+            models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel) and a.__name__ == part]
+            annotation, member = (models[0], True) if models else (None, False)
+            continue
+        else:  # dict[str, X] or list[X]: `part` is a key or an index
+            annotation = args[-1] if args else None
+        keys.append(str(part))
+    return ".".join(keys), holder, member
+
+
+def _relevant(error: dict[str, Any]) -> bool:
+    """Of a union's failed members, keep the one of the input's kind: for `split: {test_size: 2}`
+    the mapping's error, not "should be 'none'"; for `split: all` the other way round."""
+    member = _locate(error["loc"])[2]
+    return member is None or member == isinstance(error.get("input"), dict)
+
+
 def _describe(error: dict[str, Any]) -> str:
-    path = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
+    path, holder, _ = _locate(error["loc"])
     if error["type"] == "extra_forbidden":
-        return f"{path}: unknown key"
+        return f"{path}: unknown key; allowed: {', '.join(sorted(holder.model_fields))}"
     message = error["msg"].removeprefix("Value error, ")
     got = error.get("input")
-    if error["type"] != "missing" and not isinstance(got, (dict, list)):
+    if error["type"] != "missing" and not isinstance(got, (dict, list)) and repr(got) not in message:
         message += f" (got {got!r})"
     return f"{path}: {message}"
-
-
-def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
-    """The keys allowed at the parent of an unknown key, for the error message."""
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part)) if isinstance(part, str) else None
-        if field is None:
-            continue
-        annotation = field.annotation
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
-        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
-        if nested:
-            model = nested[0]
-    return sorted(model.model_fields)
 
 
 def parse_params(raw: Any, origin: str = "params.yaml") -> Params:
@@ -212,12 +234,10 @@ def parse_params(raw: Any, origin: str = "params.yaml") -> Params:
     except ParamsError as error:
         raise ParamsError(f"{origin}: {error}") from None
     except ValidationError as error:
-        first = error.errors()[0]
-        line = f"{origin}: {_describe(first)}"
-        if first["type"] == "extra_forbidden":
-            line += f"; allowed: {', '.join(_allowed_keys(Params, first['loc']))}"
-        if error.error_count() > 1:
-            line += f" (and {error.error_count() - 1} more)"
+        errors = [e for e in error.errors() if _relevant(e)] or error.errors()
+        line = f"{origin}: {_describe(errors[0])}"
+        if len(errors) > 1:
+            line += f" (and {len(errors) - 1} more)"
         raise ParamsError(line) from None
 
 

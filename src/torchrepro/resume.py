@@ -40,8 +40,10 @@ class ResumeStore:
 
     def __init__(self, directory: str | Path, fingerprint: dict[str, Any], every_s: float = 0.0):
         self.directory = Path(directory)
-        self.fingerprint = fingerprint
-        key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+        # As plain JSON data: a str subclass such as torch.__version__ (TorchVersion) would be
+        # pickled as its class, and weights_only loading then refuses the whole checkpoint.
+        self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))
+        key = hashlib.sha256(json.dumps(self.fingerprint, sort_keys=True).encode()).hexdigest()[:16]
         self.path = self.directory / f"{key}.pt"
         self.every_s = every_s
         self._last_save = time.monotonic()

@@ -244,7 +244,7 @@ def run(params: Params, experiment: str, progress: bool = True) -> dict:
         "seed": seed,
         "device": str(device),
         "data": file_digest(*(data_dir / f for f in ("train.npz", "test.npz", "meta.json"))),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
     }
     store = ResumeStore(paths.resume_dir(experiment), fingerprint, exp.train.checkpoint_every_s)
     history: list[dict] = []
@@ -272,7 +272,7 @@ def run(params: Params, experiment: str, progress: bool = True) -> dict:
         "params": exp.model_dump(mode="json"),
         "seed": seed,
         "n_parameters": count_parameters(model),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
     }
     save_model(paths.model_dir(experiment), model, info)
     write_history(paths.history_file(experiment), history)

@@ -1,0 +1,148 @@
+"""The report stage: every experiment in params.yaml side by side.
+
+  reports/summary.csv   one row per experiment: settings, headline metric, cost
+  reports/summary.md    the same table in markdown
+  reports/headline.png  accuracy of the classifiers and MSE of the regressions, as bars
+
+Settings come from params.yaml; numbers from metrics/<exp>.json (evaluate),
+logs/<exp>.json (train seconds, device) and models/<exp>/model.json (parameters).
+An experiment not yet trained or evaluated keeps its row with those cells empty.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from torchrepro.atomic import atomic_path, write_text
+from torchrepro.params import Experiment, Params
+
+# plots.PNG's settings, not imported: plots imports normalize, which would become a dep of this stage.
+PNG = {"dpi": 100, "metadata": {"Software": None}}  # no version stamp: same figure, same bytes
+COLUMNS = [
+    "experiment", "dataset", "model", "model_kwargs", "optimizer", "lr", "batch_size", "epochs",
+    "accuracy", "mse", "train_seconds", "n_parameters", "device",
+]  # fmt: skip
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON file's content, or None when it does not exist yet."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _compact(kwargs: dict[str, Any]) -> str:
+    """{'hidden_sizes': [512, 256], 'activation': 'relu'} -> 'hidden_sizes=[512, 256] activation=relu'."""
+    return " ".join(f"{k}={v}" for k, v in kwargs.items())
+
+
+def _optimizer(exp: Experiment) -> str:
+    """The optimizer's name with the options that differ from 0: 'sgd momentum=0.9'."""
+    train = exp.train
+    extras = {"momentum": train.momentum, "weight_decay": train.weight_decay}
+    return " ".join([train.optimizer, *(f"{k}={v:g}" for k, v in extras.items() if v)])
+
+
+def experiment_row(params: Params, name: str) -> dict[str, Any]:
+    """One experiment's settings and results; results it does not have yet are None."""
+    exp, paths = params.experiment(name), params.paths
+    metrics = _read_json(paths.metrics_file(name)) or {}
+    log = _read_json(paths.log_file(name)) or {}
+    info = _read_json(paths.model_dir(name) / "model.json") or {}
+    return {
+        "experiment": name,
+        "dataset": exp.dataset,
+        "model": exp.model.name,
+        "model_kwargs": _compact(exp.model.kwargs),
+        "optimizer": _optimizer(exp),
+        "lr": exp.train.lr,
+        "batch_size": exp.train.batch_size,
+        "epochs": exp.train.epochs,
+        "accuracy": metrics.get("accuracy"),  # classification
+        "mse": metrics.get("mse"),  # regression
+        "train_seconds": log.get("train_seconds"),
+        "n_parameters": info.get("n_parameters"),
+        "device": log.get("device_name", log.get("device")),
+    }
+
+
+def summary(params: Params) -> pd.DataFrame:
+    """One row per experiment, in params.yaml's order."""
+    frame = pd.DataFrame([experiment_row(params, name) for name in params.experiments], columns=COLUMNS)
+    # Nullable integers: a missing parameter count stays empty instead of turning the column to float.
+    return frame.astype({"batch_size": "Int64", "epochs": "Int64", "n_parameters": "Int64"})
+
+
+def _cell(value: Any, column: str) -> str:
+    if value is None or pd.isna(value):
+        return ""
+    if column == "n_parameters":
+        return f"{int(value):,}"
+    if isinstance(value, float):
+        return f"{value:.4g}" if column != "lr" else f"{value:g}"
+    return str(value).replace("|", "\\|")  # a pipe would split the markdown cell
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    """A GitHub markdown table; numbers right-aligned, empty cells for results not there yet.
+    Written by hand: tabulate (pandas' to_markdown) is only a transitive dependency of dvc."""
+    numeric = [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
+    lines = [
+        "| " + " | ".join(frame.columns) + " |",
+        "|" + "|".join("---:" if n else ":---" for n in numeric) + "|",
+    ]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v, c) for v, c in zip(row, frame.columns)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def headline_chart(frame: pd.DataFrame, out: Path) -> None:
+    """Bars of accuracy (classifiers) and MSE (regressions) per experiment, one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    panels = [(m, frame.dropna(subset=[m])) for m in ("accuracy", "mse")]
+    panels = [(m, rows) for m, rows in panels if len(rows)] or [("accuracy", frame.iloc[:0])]
+    widths = [max(2, len(rows)) for _, rows in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.2 * sum(widths) + 2, 4), squeeze=False,
+                             gridspec_kw={"width_ratios": widths})  # fmt: skip
+    for ax, (metric, rows) in zip(axes[0], panels):
+        values = rows[metric].astype(float)
+        bars = ax.bar(rows["experiment"], values, color="tab:blue" if metric == "accuracy" else "tab:orange")
+        ax.bar_label(bars, labels=[f"{v:.4g}" for v in values], fontsize=8)
+        title = "classifiers: accuracy" if metric == "accuracy" else "regressions: MSE (lower is better)"
+        ax.set(ylabel=metric, title=title)
+        if metric == "accuracy":
+            ax.set_ylim(0, 1.08)  # headroom for the labels
+        else:
+            ax.margins(y=0.12)
+        if not len(rows):
+            ax.text(0.5, 0.5, "no evaluated experiments yet", ha="center", va="center", transform=ax.transAxes)
+        plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", **PNG)
+    plt.close(fig)
+
+
+def run(params: Params) -> pd.DataFrame:
+    """The report stage: write summary.csv, summary.md and headline.png under paths.reports."""
+    frame = summary(params)
+    out = Path(params.paths.reports)
+    write_text(out / "summary.csv", frame.to_csv(index=False))
+    title = "# Experiments\n\nWritten by `dvc repro report` from params.yaml, metrics, logs and model.json files.\n\n"
+    write_text(out / "summary.md", title + to_markdown(frame))
+    headline_chart(frame, out / "headline.png")
+    missing = frame.loc[frame["accuracy"].isna() & frame["mse"].isna(), "experiment"].tolist()
+    if missing:
+        print(f"report: no metrics yet for {', '.join(missing)}; run `dvc repro evaluate@NAME`", file=sys.stderr)
+    return frame

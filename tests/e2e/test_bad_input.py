@@ -1,0 +1,104 @@
+"""Bad input stops the pipeline with one clear line, runs nothing unsafe and loses nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def error_lines(text: str) -> list[str]:
+    """The stage's own `error: ...` lines (DVC's are `ERROR: ...`)."""
+    return [line for line in text.splitlines() if line.startswith("error:")]
+
+
+class Payload:
+    """Unpickled without weights_only, this opens (creates) the marker file."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_tampered_model_is_refused_and_its_payload_never_runs(workspace, tmp_path):
+    import torch
+
+    marker = tmp_path / "payload-ran"
+    model_pt = workspace / "models/iris_mlp/model.pt"
+    state = torch.load(model_pt, weights_only=True)
+    model_pt.unlink()  # write a new file, never through a link into the DVC cache
+    torch.save({**state, "extra": Payload(str(marker))}, model_pt)
+    metrics_before = workspace.digest("metrics/iris_mlp.json")
+
+    result = workspace.python("stages/evaluate.py", "iris_mlp", check=False)
+    assert result.returncode == 2, result.output
+    [line] = error_lines(result.stderr)
+    assert "models/iris_mlp/model.pt" in line and "refused to load" in line
+    assert "Traceback" not in result.stderr
+    assert not marker.exists()
+    assert workspace.digest("metrics/iris_mlp.json") == metrics_before
+
+    torch.load(model_pt, weights_only=False)  # the payload is live: an unsafe load runs it
+    assert marker.exists()
+
+
+def rename_lr(params: dict) -> None:
+    train = params["experiments"]["iris_mlp"]["train"]
+    train["lrr"] = train.pop("lr")
+
+
+def unknown_model(params: dict) -> None:
+    params["experiments"]["iris_mlp"]["model"]["name"] = "mlpp"
+
+
+def zero_epochs(params: dict) -> None:
+    params["experiments"]["iris_mlp"]["train"]["epochs"] = 0
+
+
+@pytest.mark.parametrize(
+    "edit, key, says",
+    [
+        (rename_lr, "experiments.iris_mlp.train.lrr", "unknown key"),
+        (unknown_model, "experiments.iris_mlp.model.name", "unknown model 'mlpp'"),
+        (zero_epochs, "experiments.iris_mlp.train.epochs", "greater than or equal to 1"),
+    ],
+    ids=["typo-key", "unknown-model", "zero-epochs"],
+)
+def test_bad_param_fails_the_stage_with_the_key_and_loses_nothing(workspace, reproduced, edit, key, says):
+    params = workspace.params()
+    edit(params)
+    workspace.write_params(params)
+
+    result = workspace.dvc("repro", check=False)
+    assert result.returncode != 0
+    assert workspace.ran(result.output) == {"train@iris_mlp"}  # the first stage that reads the change
+    [line] = error_lines(result.stderr)
+    assert key in line and says in line, line
+    assert "Traceback" not in result.output
+
+    # DVC deleted the stage's outputs before running it. Git holds params.yaml and the
+    # `cache: false` outputs (metrics/history/...), the DVC cache holds the others.
+    workspace.git("checkout", "--", ".")
+    workspace.dvc("checkout")
+    assert workspace.dvc_json("status") == {}
+    for rel in ("models/iris_mlp/model.pt", "logs/iris_mlp.json", "metrics/history/iris_mlp.csv"):
+        assert workspace.digest(rel) == reproduced.digest(rel), rel
+
+
+def test_invalid_yaml_fails_before_any_stage_runs(workspace, reproduced):
+    params_yaml = workspace / "params.yaml"
+    good = params_yaml.read_text()
+    params_yaml.write_text(good.replace("epochs: 2}", "epochs: 2", 1))  # an unclosed flow mapping
+
+    result = workspace.dvc("repro", check=False)
+    assert result.returncode != 0
+    assert "params.yaml" in result.output and workspace.ran(result.output) == set()
+    # A stage run by hand says the same in one line, with the position.
+    stage = workspace.python("stages/train.py", "iris_mlp", check=False)
+    assert stage.returncode == 2
+    [line] = error_lines(stage.stderr)
+    assert "params.yaml: not valid YAML at line" in line
+
+    params_yaml.write_text(good)
+    assert workspace.dvc_json("status") == {}
+    assert workspace.digest("models/iris_mlp/model.pt") == reproduced.digest("models/iris_mlp/model.pt")
