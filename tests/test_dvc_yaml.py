@@ -73,7 +73,8 @@ def test_declared_paths_are_the_ones_params_builds(raw):
         assert body["outs"] == [str(paths.processed_dir(key))]
         assert str(paths.raw_dir(key)) in body["deps"]
     for key, body, item in expanded("train", raw):
-        assert sorted(body["outs"]) == sorted(map(str, [paths.model_dir(key), paths.log_file(key), paths.history_file(key)]))
+        assert sorted(body["outs"]) == sorted(map(str, [paths.model_dir(key), paths.log_file(key)]))
+        assert body["plots"] == [str(paths.history_file(key))]
         assert str(paths.processed_dir(item["dataset"])) in body["deps"]
     for key, body, item in expanded("evaluate", raw):
         assert body["metrics"] == [str(paths.metrics_file(key))]
