@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from torchrepro import normalize
-from torchrepro.datasets import Table
+from torchrepro.datasets import Table, image_table
 from torchrepro.params import Params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,14 +30,7 @@ def digit_table(n: int = 60, seed: int = 0) -> Table:
     images = rng.integers(0, 40, size=(n, 28, 28)).astype(np.uint8)
     for i, label in enumerate(labels):
         images[i, 2 * label + 4 : 2 * label + 6, 4:24] = 250
-    return Table(
-        x=images,
-        y=labels.astype(np.int64),
-        task="classification",
-        feature_names=["pixel"],
-        target_name="label",
-        classes=[str(i) for i in range(10)],
-    )
+    return image_table(images, labels, Path("generated"))
 
 
 def regression_table(n: int = 20, seed: int = 0) -> Table:

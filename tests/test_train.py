@@ -99,11 +99,12 @@ def test_batch_order_does_not_depend_on_the_global_rng():
 def reference_loop(model, optimizer, split: Split, task: str, batch_size: int, seed: int, epochs: int):
     """The plain loop: for each batch, forward, loss, zero_grad, backward, step. The batches are the
     ones Trainer uses: a torch.Generator seeded with the run's seed draws one randperm per epoch."""
-    generator = torch.Generator().manual_seed(seed)
+    device = split.x.device
+    generator = torch.Generator(device=device).manual_seed(seed)
     epoch_losses, epoch_correct = [], []
     for _ in range(epochs):
         model.train()
-        order = torch.randperm(len(split.y), generator=generator)
+        order = torch.randperm(len(split.y), generator=generator, device=device)
         total, correct = 0.0, 0
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
@@ -150,6 +151,28 @@ def test_fast_loop_equals_the_textbook_loop(task, cfg, chunked, monkeypatch):
     assert [row["train_loss"] for row in history] == pytest.approx(losses, rel=1e-6)
     if task == "classification":
         assert [row["train_accuracy"] for row in history] == pytest.approx(accuracy)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_trainer_equals_the_textbook_loop_on_the_device():
+    cfg, seed = Train(optimizer="sgd", lr=0.05, momentum=0.9, batch_size=16), 3
+    device = torch.device("cuda")
+
+    def on_device() -> Trainer:
+        cpu = make_trainer(seed=seed, cfg=cfg)
+        model = cpu.model.to(device)
+        splits = [Split(s.x.to(device), s.y.to(device)) for s in (cpu.train, cpu.test)]
+        return Trainer(model, make_optimizer(model, cfg), *splits, "classification", cfg.batch_size, seed)
+
+    trainer, reference = on_device(), on_device()
+    history, _ = fit(trainer, 2, progress=False)
+    assert trainer.shuffle.device.type == "cuda"  # the permutation is drawn on the device
+    losses, _ = reference_loop(reference.model, reference.optimizer, reference.train, "classification", cfg.batch_size, seed, 2)
+    for fast, slow in zip(trainer.model.state_dict().values(), reference.model.state_dict().values()):
+        assert fast.is_cuda
+        torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+    assert [row["train_loss"] for row in history] == pytest.approx(losses, rel=1e-5)
 
 
 def test_evaluate_reports_loss_and_accuracy_in_eval_mode():
