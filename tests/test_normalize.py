@@ -164,6 +164,15 @@ def test_save_load_roundtrip(tmp_path, digits):
         assert sorted(npz.files) == ["x", "y"]
 
 
+def test_load_can_leave_the_training_split_on_disk(tmp_path, digits):
+    prepared = normalize.prepare(digits, 0.2, 0, "standardize")
+    normalize.save(prepared, tmp_path / "out")
+    (tmp_path / "out" / "train.npz").unlink()  # proves it is not even opened
+    loaded = normalize.load(tmp_path / "out", train=False)
+    assert len(loaded.x_train) == len(loaded.y_train) == 0
+    np.testing.assert_array_equal(loaded.x_test, prepared.x_test)
+
+
 def test_save_replaces_the_directory(tmp_path, regression):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "stale.txt").write_text("old")

@@ -106,7 +106,8 @@ def run(params: Params, experiment: str) -> dict[str, Any]:
     device = resolve_device(params.device_for(experiment), key=key)
     paths = params.paths
     model, info = load_model(paths.model_dir(experiment), device)
-    data = normalize.load(paths.processed_dir(exp.dataset))
+    # The training split is only needed for the least-squares reference of a regression.
+    data = normalize.load(paths.processed_dir(exp.dataset), train=info["task"] == "regression")
     x_test = torch.from_numpy(data.x_test).to(device)
     y_test = torch.from_numpy(data.y_test).to(device)
     out = predict(model, x_test)

@@ -116,10 +116,12 @@ def save(prepared: Prepared, out_dir: str | Path) -> None:
         write_json(tmp / "meta.json", prepared.meta)
 
 
-def load(data_dir: str | Path) -> Prepared:
-    """Read a processed dataset directory; never unpickles anything."""
+def load(data_dir: str | Path, train: bool = True) -> Prepared:
+    """Read a processed dataset directory; never unpickles anything. With train=False the
+    training split is left on disk (empty arrays): evaluating 10,000 images need not hold 60,000."""
     data_dir = Path(data_dir)
-    arrays = [_load_npz(data_dir / f"{part}.npz") for part in ("train", "test")]
+    empty = (np.empty((0,), np.float32), np.empty((0,), np.int64))
+    arrays = [_load_npz(data_dir / "train.npz") if train else empty, _load_npz(data_dir / "test.npz")]
     meta_path = data_dir / "meta.json"
     try:
         meta = json.loads(meta_path.read_text())
