@@ -124,7 +124,9 @@ def run(params: Params, experiment: str) -> None:
     history = read_csv(paths.history_file(experiment))
     predictions = read_csv(paths.predictions_file(experiment))
     metrics = json.loads(paths.metrics_file(experiment).read_text())
-    data = normalize.load(paths.processed_dir(exp.dataset))
+    # Classifier figures need only the test split (60,000 training images would be 188 MB);
+    # the regression fit draws the training points. Only classification histories have accuracy.
+    data = normalize.load(paths.processed_dir(exp.dataset), train="train_accuracy" not in history)
     meta = data.meta
     with atomic_dir(paths.plots_dir(experiment)) as out:
         learning_curves(history, out / "learning_curves.png", experiment)
