@@ -159,7 +159,7 @@ class Trainer:
         return list(state["history"])
 
     @torch.no_grad()
-    def evaluate(self, split: Split, batch_size: int = 1000) -> tuple[float, float | None]:
+    def evaluate(self, split: Split, batch_size: int = 256) -> tuple[float, float | None]:
         """Mean loss and accuracy on a split, in eval mode (dropout off)."""
         self.model.eval()
         out = predict(self.model, split.x, batch_size)
@@ -171,9 +171,9 @@ class Trainer:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Model outputs for x in batches, eval mode. 1,000 images through the CNN keep about
-    250 MB of activations alive; 4,096 took the train stage's peak past 2 GB."""
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Model outputs for x in batches, eval mode. Batches of 256 keep the CNN's activations
+    near 60 MB; 1,000 took the train stage on 60,000 images to 1.3 GB, 4,096 past 2 GB."""
     model.eval()
     return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
