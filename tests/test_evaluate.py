@@ -179,3 +179,36 @@ def test_run_regression_reports_raw_unit_weights(tiny_params):
 def test_run_without_a_trained_model(tiny_params):
     with pytest.raises(DataError, match="no trained model here .*run its train stage first"):
         evaluate.run(tiny_params, "digits_mlp")
+
+
+# --- agreement with scikit-learn, the reference implementation -----------------------------
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_per_class_scores_match_scikit_learn(seed):
+    from sklearn.metrics import precision_recall_fscore_support
+
+    rng = np.random.default_rng(seed)
+    y_true, y_pred = rng.integers(0, 6, 200), rng.integers(0, 5, 200)  # class 5 is never predicted
+    ours = evaluate.per_class_scores(y_true, y_pred, 7)  # class 6 is absent from both
+    theirs = precision_recall_fscore_support(y_true, y_pred, labels=np.arange(7), zero_division=0)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+
+
+def test_regression_metrics_match_scikit_learn():
+    from sklearn.linear_model import LinearRegression
+    from sklearn.metrics import mean_squared_error, r2_score
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(5, 3, (40, 3))
+    y = x @ np.array([2.0, -1.0, 0.5]) + 4 + rng.normal(0, 1, 40)
+    pred = y + rng.normal(0, 2, 40)
+    weight, bias = evaluate.least_squares(x, y)
+    exact = LinearRegression().fit(x, y)
+    np.testing.assert_allclose(weight, exact.coef_, rtol=1e-10)
+    assert bias == pytest.approx(exact.intercept_, rel=1e-10)
+    assert evaluate.mse(y, pred) == pytest.approx(mean_squared_error(y, pred), rel=1e-12)
+    assert evaluate.r2(y, pred) == pytest.approx(r2_score(y, pred), rel=1e-12)
+    assert evaluate.r2(np.ones(3), np.ones(3)) == r2_score(np.ones(3), np.ones(3)) == 1.0
+    assert evaluate.r2(np.ones(3), np.zeros(3)) == r2_score(np.ones(3), np.zeros(3)) == 0.0
