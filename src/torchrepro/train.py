@@ -25,7 +25,8 @@ from torchrepro.models import count_parameters, create_model
 from torchrepro.params import Params, Train
 from torchrepro.resume import ResumeStore, file_digest
 
-CHUNK_BYTES = 32 << 20  # how much of the shuffled training set to gather at a time
+CHUNK_BYTES = 8 << 20  # how much of the shuffled training set to gather at a time
+EVAL_BATCH = 128  # images per forward pass when evaluating; see predict()
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": lambda params, cfg: torch.optim.SGD(
@@ -159,7 +160,7 @@ class Trainer:
         return list(state["history"])
 
     @torch.no_grad()
-    def evaluate(self, split: Split, batch_size: int = 256) -> tuple[float, float | None]:
+    def evaluate(self, split: Split, batch_size: int = EVAL_BATCH) -> tuple[float, float | None]:
         """Mean loss and accuracy on a split, in eval mode (dropout off)."""
         self.model.eval()
         out = predict(self.model, split.x, batch_size)
@@ -171,9 +172,10 @@ class Trainer:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Model outputs for x in batches, eval mode. Batches of 256 keep the CNN's activations
-    near 60 MB; 1,000 took the train stage on 60,000 images to 1.3 GB, 4,096 past 2 GB."""
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
+    """Model outputs for x in batches, eval mode. The CNN's convolutions take scratch memory
+    in proportion to the batch: the train stage on 60,000 images peaked at 1,071 MiB with
+    batches of 256, 1.3 GB with 1,000 and past 2 GB with 4,096 (bench/train_memory.py)."""
     model.eval()
     return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 

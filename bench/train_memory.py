@@ -1,0 +1,87 @@
+"""Peak memory of the real train stage on 60,000 images, one process per recipe.
+
+In a fresh clone of this repository (HEAD), the three image experiments of params.yaml
+are pointed at Fashion-MNIST and cut to `--epochs` epochs; the download and normalize
+stages prepare the data, then `python stages/train.py <experiment>` runs once per
+recipe and its maximum resident set size is read from the kernel (os.wait4), as
+`/usr/bin/time -v` reports it. The target is under 1 GiB on CPU.
+
+Data: Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist), or the four
+Fashion-MNIST IDX files in --local-dir.
+
+    python bench/train_memory.py
+    python bench/train_memory.py --local-dir ~/data/fashion-mnist --epochs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+EXPERIMENTS = ("mnist_twolayernet", "mnist_mlp", "mnist_cnn")
+
+
+def env(repo: Path) -> dict[str, str]:
+    """The venv first on PATH, and the clone's own library."""
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(repo / "src")}
+
+
+def peak_mib(command: list[str], repo: Path) -> tuple[float, float]:
+    """Run a command to completion; its maximum resident set size in MiB and its wall seconds."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=repo, env=env(repo), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not all children's
+    seconds = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"error: {' '.join(command)} failed:\n{proc.stderr.read().decode()}")
+    return usage.ru_maxrss / 1024, seconds  # ru_maxrss is in KiB on Linux
+
+
+def configure(repo: Path, local_dir: Path | None, epochs: int, device: str) -> None:
+    """Point the image experiments at Fashion-MNIST, `epochs` each, in the clone's params.yaml."""
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    source = {"name": "fashion-mnist"} | ({"local_dir": str(local_dir)} if local_dir else {})
+    params["device"] = device
+    params["datasets"]["fashion-mnist"] = {"source": source}  # its official 60,000/10,000 split
+    for name in EXPERIMENTS:
+        params["experiments"][name]["dataset"] = "fashion-mnist"
+        params["experiments"][name]["train"]["epochs"] = epochs
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--local-dir", type=Path, help="directory with the four Fashion-MNIST IDX files")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs per recipe (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: %(default)s)")
+    args = parser.parse_args()
+    if args.local_dir is None and not DEBIAN_DIR.is_dir():
+        sys.exit(f"error: no Fashion-MNIST at {DEBIAN_DIR}; `apt-get install dataset-fashion-mnist` "
+                 "or pass --local-dir with the four IDX files")  # fmt: skip
+
+    with tempfile.TemporaryDirectory(prefix="torchrepro-memory-") as tmp:
+        repo = Path(tmp) / "clone"
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
+        configure(repo, args.local_dir, args.epochs, args.device)
+        for stage in ("download", "normalize"):
+            peak_mib([sys.executable, f"stages/{stage}.py", "fashion-mnist"], repo)
+        print(f"train stage on Fashion-MNIST (60,000 training images), {args.epochs} epoch(s), device {args.device}")
+        print(f"{'experiment':<18} {'peak RSS MiB':>12} {'under 1 GiB':>11} {'wall s':>7}")
+        for name in EXPERIMENTS:
+            mib, seconds = peak_mib([sys.executable, "stages/train.py", name], repo)
+            print(f"{name:<18} {mib:>12.0f} {'yes' if mib < 1024 else 'NO':>11} {seconds:>7.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
