@@ -24,8 +24,10 @@ test: setup  ## the default test suite (what CI runs)
 test-all: setup  ## also the slow tests
 	pytest -m ""
 
-bench: setup  ## training speed against the classic DataLoader loop
+bench: setup  ## speed against the classic DataLoader loop, train-stage memory, pipeline overhead
 	python bench/train_speed.py
+	python bench/train_memory.py
+	python bench/pipeline_overhead.py
 
 clean:  ## remove pipeline outputs (the DVC cache keeps them restorable)
 	rm -rf data/raw data/processed models plots logs reports dvc_plots .resume

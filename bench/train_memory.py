@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--local-dir", type=Path, help="directory with the four Fashion-MNIST IDX files")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per recipe (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: %(default)s)")
+    parser.add_argument("--experiments", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each train stage (default: %(default)s)")
     args = parser.parse_args()
     if args.local_dir is None and not DEBIAN_DIR.is_dir():
         sys.exit(f"error: no Fashion-MNIST at {DEBIAN_DIR}; `apt-get install dataset-fashion-mnist` "
@@ -78,9 +80,10 @@ def main() -> None:
             peak_mib([sys.executable, f"stages/{stage}.py", "fashion-mnist"], repo)
         print(f"train stage on Fashion-MNIST (60,000 training images), {args.epochs} epoch(s), device {args.device}")
         print(f"{'experiment':<18} {'peak RSS MiB':>12} {'under 1 GiB':>11} {'wall s':>7}")
-        for name in EXPERIMENTS:
-            mib, seconds = peak_mib([sys.executable, "stages/train.py", name], repo)
-            print(f"{name:<18} {mib:>12.0f} {'yes' if mib < 1024 else 'NO':>11} {seconds:>7.1f}", flush=True)
+        for name in args.experiments:
+            for _ in range(args.repeat):
+                mib, seconds = peak_mib([sys.executable, "stages/train.py", name], repo)
+                print(f"{name:<18} {mib:>12.0f} {'yes' if mib < 1024 else 'NO':>11} {seconds:>7.1f}", flush=True)
 
 
 if __name__ == "__main__":
