@@ -177,7 +177,7 @@ def test_run_regression_reports_raw_unit_weights(tiny_params):
 
 
 def test_run_without_a_trained_model(tiny_params):
-    with pytest.raises(DataError, match="no trained model here .*run its train stage first"):
+    with pytest.raises(DataError, match=r"experiment 'digits_mlp' has not been trained yet .*train it with: dvc repro train@digits_mlp"):
         evaluate.run(tiny_params, "digits_mlp")
 
 

@@ -195,7 +195,7 @@ DARK = png_bytes(np.zeros((28, 28)))
         ("digits_twolayernet", "a.csv", b"a\n1\n", "takes images (PNG or JPEG), not a CSV"),
         ("blobs_mlp", "a.png", DARK, "takes a CSV with columns f0, f1, f2, f3"),
         ("blobs_mlp", "a.csv", b"f0,f1,f2\n1,2,3\n", "missing column(s) f3; the model needs f0, f1, f2, f3"),
-        ("blobs_mlp", "a.csv", b"f0,f1,f2,f3\n1,2,x,4\n", "line 2, column 'f2': not a finite number: 'x'"),
+        ("blobs_mlp", "a.csv", b"f0,f1,f2,f3\n1,2,x,4\n", "row 2, column 'f2': not a number: 'x'"),
         ("blobs_mlp", "a.csv", b"f0,f1,f2,f3\n", "no data rows"),
         ("digits_mlp", "a.png", DARK, "experiment 'digits_mlp' has not been trained yet"),
         ("nosuch", "a.png", DARK, "unknown experiment 'nosuch'; defined under experiments: blobs_mlp, digits_mlp"),

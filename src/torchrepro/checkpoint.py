@@ -63,11 +63,19 @@ def save_model(model_dir: str | Path, model: nn.Module, info: dict[str, Any]) ->
     write_json(model_dir / "model.json", info)
 
 
-def load_model(model_dir: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model from model.json and load model.pt into it, safely."""
+def load_model(
+    model_dir: str | Path, device: torch.device | str = "cpu", experiment: str | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from model.json and load model.pt into it, safely. Naming the
+    experiment lets a missing model's error give the command that trains it."""
     model_dir = Path(model_dir)
     info_path, weights_path = model_dir / "model.json", model_dir / "model.pt"
     if not info_path.exists() or not weights_path.exists():
+        if experiment is not None:
+            raise DataError(
+                f"experiment {experiment!r} has not been trained yet ({weights_path} not found); "
+                f"train it with: dvc repro train@{experiment}"
+            )
         raise DataError(f"{model_dir}: no trained model here (model.json and model.pt); run its train stage first")
     try:
         info = json.loads(info_path.read_text())

@@ -11,12 +11,15 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from torchrepro.errors import DataError, ParamsError
+
+if TYPE_CHECKING:  # annotations only: pandas is imported where a CSV is read
+    import pandas as pd
 
 Task = Literal["classification", "regression"]
 
@@ -86,8 +89,9 @@ def resolve_source(dataset: str, source) -> tuple[SourceSpec, Options]:
 # --- CSV -------------------------------------------------------------------
 
 
-def read_csv_table(path: Path, features: list[str], target: str, task: Task) -> Table:
-    """Read a CSV of numeric features and a target; every problem names the file, row or column."""
+def read_csv_frame(path: Path, needed: list[str], needs: str = "") -> pd.DataFrame:
+    """A CSV as string cells, column names stripped, holding at least the `needed` columns;
+    every problem names the file. `needs` adds why those columns, to the missing-column error."""
     import pandas as pd  # pandas is slow to import; only CSV sources need it
 
     if not path.is_file():
@@ -97,14 +101,20 @@ def read_csv_table(path: Path, features: list[str], target: str, task: Task) -> 
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise DataError(f"{path}: not a readable CSV file: {str(error).strip()}") from None
     frame.columns = frame.columns.str.strip()  # "x, y " names columns x and y, as cells are stripped too
-    missing = [c for c in [*features, target] if c not in frame.columns]
+    missing = [c for c in needed if c not in frame.columns]
     if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; the file has: {', '.join(frame.columns)}")
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}{needs}; the file has: {', '.join(frame.columns)}")
     if len(frame) == 0:
         raise DataError(f"{path}: no data rows")
-    x = np.column_stack([_numeric(frame[c], path) for c in features])
+    return frame
+
+
+def read_csv_table(path: Path, features: list[str], target: str, task: Task) -> Table:
+    """Read a CSV of numeric features and a target; every problem names the file, row or column."""
+    frame = read_csv_frame(path, [*features, target])
+    x = read_numeric(frame, features, path)
     if task == "regression":
-        y = _numeric(frame[target], path)
+        y = numeric_column(frame[target], path)
         classes: list[str] = []
     else:
         labels = frame[target].str.strip()
@@ -114,13 +124,18 @@ def read_csv_table(path: Path, features: list[str], target: str, task: Task) -> 
     return Table(x=x, y=y, task=task, feature_names=list(features), target_name=target, classes=classes)
 
 
+def read_numeric(frame: pd.DataFrame, columns: list[str], path: Path) -> np.ndarray:
+    """The named columns as a float64 (N, F) array."""
+    return np.column_stack([numeric_column(frame[c], path) for c in columns])
+
+
 def _reject_blank(values, column: str, path: Path) -> None:
     blank = np.flatnonzero(values.to_numpy() == "")
     if blank.size:
         raise DataError(f"{path}: row {blank[0] + 2}, column {column!r}: empty cell")
 
 
-def _numeric(values, path: Path) -> np.ndarray:
+def numeric_column(values: pd.Series, path: Path) -> np.ndarray:
     """Parse one column as float64; the error gives the file line (header is line 1)."""
     column = values.name
     stripped = values.str.strip()

@@ -130,7 +130,7 @@ def run(params: Params, experiment: str) -> dict[str, Any]:
     key = f"experiments.{experiment}.device" if exp.device else "device"
     device = resolve_device(params.device_for(experiment), key=key)
     paths = params.paths
-    model, info = load_model(paths.model_dir(experiment), device)
+    model, info = load_model(paths.model_dir(experiment), device, experiment)
     # The training split is only needed for the least-squares reference of a regression.
     data = normalize.load(paths.processed_dir(exp.dataset), train=info["task"] == "regression")
     x_test = torch.from_numpy(data.x_test).to(device)

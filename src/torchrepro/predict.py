@@ -23,6 +23,7 @@ import torch
 from torchrepro import normalize
 from torchrepro.checkpoint import load_model
 from torchrepro.cli import run
+from torchrepro.datasets import read_csv_frame, read_numeric
 from torchrepro.devices import resolve_device
 from torchrepro.errors import DataError
 from torchrepro.params import Params, load_params
@@ -105,35 +106,10 @@ def place_by_center_of_mass(fitted: np.ndarray) -> np.ndarray:
 
 def read_features(path: str | Path, feature_names: list[str]) -> np.ndarray:
     """Raw feature rows (N, F) float64 from a CSV whose header names the features; other
-    columns (a target, an id) are ignored. Errors name the file line (the header is line 1)."""
-    import pandas as pd
-
+    columns (a target, an id) are ignored. Errors name the file row (the header is row 1)."""
     path = Path(path)
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: not a readable CSV file ({str(error).strip()})") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    missing = [c for c in feature_names if c not in frame.columns]
-    if missing:
-        raise DataError(
-            f"{path}: missing column(s) {', '.join(missing)}; the model needs {', '.join(feature_names)}; "
-            f"the file has {', '.join(frame.columns)}"
-        )
-    if len(frame) == 0:
-        raise DataError(f"{path}: no data rows")
-    x = np.empty((len(frame), len(feature_names)))
-    for j, name in enumerate(feature_names):
-        for i, cell in enumerate(frame[name].str.strip()):
-            try:
-                x[i, j] = float(cell)
-            except ValueError:
-                x[i, j] = np.nan
-            if not np.isfinite(x[i, j]):
-                raise DataError(f"{path}: line {i + 2}, column {name!r}: not a finite number: {cell!r}")
-    return x
+    frame = read_csv_frame(path, feature_names, needs=f"; the model needs {', '.join(feature_names)}")
+    return read_numeric(frame, feature_names, path)
 
 
 # --- Model ----------------------------------------------------------------
@@ -142,13 +118,7 @@ def read_features(path: str | Path, feature_names: list[str]) -> np.ndarray:
 def load_trained(params: Params, experiment: str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
     """The experiment's checkpoint and model.json; says how to train it when there is none."""
     params.experiment(experiment)  # unknown name: ParamsError listing the defined ones
-    model_dir = params.paths.model_dir(experiment)
-    if not (model_dir / "model.pt").exists() or not (model_dir / "model.json").exists():
-        raise DataError(
-            f"experiment {experiment!r} has not been trained yet ({model_dir}/model.pt not found); "
-            f"train it with: dvc repro train@{experiment}"
-        )
-    return load_model(model_dir, device)
+    return load_model(params.paths.model_dir(experiment), device, experiment)
 
 
 def is_image_model(info: dict[str, Any]) -> bool:
