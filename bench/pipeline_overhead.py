@@ -11,6 +11,7 @@ In a fresh clone of this repository (HEAD, default params, empty DVC cache):
 
 from __future__ import annotations
 
+import argparse
 import collections
 import json
 import os
@@ -74,6 +75,7 @@ def trivial_project(where: Path, n_stages: int) -> Path:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     with tempfile.TemporaryDirectory(prefix="torchrepro-overhead-") as tmp:
         clone = Path(tmp) / "clone"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
