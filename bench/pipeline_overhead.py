@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -23,14 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from clone import env, fresh_clone  # bench/clone.py
 
-
-def env(repo: Path) -> dict[str, str]:
-    """The venv first on PATH (dvc.yaml runs `python`), and the clone's own library."""
-    bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(repo / "src"),
-            "DVC_NO_ANALYTICS": "1"}  # fmt: skip
 
 
 def timed(command: list[str], cwd: Path) -> float:
@@ -77,8 +70,7 @@ def trivial_project(where: Path, n_stages: int) -> Path:
 def main() -> None:
     argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     with tempfile.TemporaryDirectory(prefix="torchrepro-overhead-") as tmp:
-        clone = Path(tmp) / "clone"
-        subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+        clone = fresh_clone(Path(tmp))
         import_torch = timed([sys.executable, "-c", "import torch"], clone)
         cold, spans = cold_repro(clone)
         logs = [json.loads(p.read_text()) for p in sorted((clone / "logs").glob("*.json"))]

@@ -25,15 +25,12 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from clone import env, fresh_clone  # bench/clone.py
+
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 EXPERIMENTS = ("mnist_twolayernet", "mnist_mlp", "mnist_cnn")
 
 
-def env(repo: Path) -> dict[str, str]:
-    """The venv first on PATH, and the clone's own library."""
-    bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(repo / "src")}
 
 
 def peak_mib(command: list[str], repo: Path) -> tuple[float, float]:
@@ -73,8 +70,7 @@ def main() -> None:
                  "or pass --local-dir with the four IDX files")  # fmt: skip
 
     with tempfile.TemporaryDirectory(prefix="torchrepro-memory-") as tmp:
-        repo = Path(tmp) / "clone"
-        subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
+        repo = fresh_clone(Path(tmp))
         configure(repo, args.local_dir, args.epochs, args.device)
         for stage in ("download", "normalize"):
             peak_mib([sys.executable, f"stages/{stage}.py", "fashion-mnist"], repo)
