@@ -175,7 +175,8 @@ class Trainer:
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """Model outputs for x in batches, eval mode. The CNN's convolutions take scratch memory
     in proportion to the batch: the train stage on 60,000 images peaked at 1,071 MiB with
-    batches of 256, 1.3 GB with 1,000 and past 2 GB with 4,096 (bench/train_memory.py)."""
+    batches of 256 and 1.3 GB with 1,000 (/usr/bin/time -v); with 4,096, the CNN side of
+    bench/train_speed.py went past 2 GB."""
     model.eval()
     return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
