@@ -78,7 +78,6 @@ def classic(recipe: dict, work: Path, epochs: int, device: str, seed: int) -> di
 
     from torchrepro.models import create_model
     from torchrepro.params import Train
-    from torchrepro.train import make_optimizer
 
     with np.load(work / "raw.npz") as raw:
         x_train, y_train, x_test, y_test = (raw[k] for k in ("x_train", "y_train", "x_test", "y_test"))
@@ -98,7 +97,10 @@ def classic(recipe: dict, work: Path, epochs: int, device: str, seed: int) -> di
     torch.manual_seed(seed)
     model = create_model(recipe["model"]["name"], [1, 28, 28], 10, **_kwargs(recipe)).to(device)
     cfg = Train(**recipe["train"])
-    optimizer = make_optimizer(model, cfg)
+    if cfg.optimizer == "sgd":  # the tutorial's torch.optim; the recipes use only these two
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     loader = torch.utils.data.DataLoader(Images(x_train, y_train), batch_size=cfg.batch_size, shuffle=True)
     seconds = []
     for _ in range(epochs):

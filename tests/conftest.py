@@ -23,6 +23,15 @@ ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
 
+# torch.optim's version of each optimizer in torchrepro.optim, built from the same settings:
+# the textbook side of every comparison of our training against the classic loop.
+TORCH_OPTIMIZERS = {
+    "sgd": lambda p, cfg: torch.optim.SGD(p, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay),
+    "adam": lambda p, cfg: torch.optim.Adam(p, lr=cfg.lr, weight_decay=cfg.weight_decay),
+    "adamw": lambda p, cfg: torch.optim.AdamW(p, lr=cfg.lr, weight_decay=cfg.weight_decay),
+}
+
+
 def digit_table(n: int = 60, seed: int = 0) -> Table:
     """n 28x28 uint8 "digits", n/10 per class: class k lights up row band k, plus noise."""
     rng = np.random.default_rng(seed)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchrepro import train
+from torchrepro import optim, train
 from torchrepro.checkpoint import safe_load, to_bytes
 from torchrepro.devices import resolve_device
 from torchrepro.errors import ParamsError
@@ -14,7 +14,7 @@ from torchrepro.models import create_model
 from torchrepro.params import Train, parse_params
 from torchrepro.train import Split, Trainer, fit, make_optimizer
 
-from conftest import blob_table, regression_table
+from conftest import TORCH_OPTIMIZERS, blob_table, regression_table
 
 CPU = torch.device("cpu")
 
@@ -144,7 +144,8 @@ def test_fast_loop_equals_the_textbook_loop(task, cfg, chunked, monkeypatch):
 
     reference = make_trainer(seed=seed, cfg=cfg, task=task)  # same initial weights, fresh optimizer
     assert state_bytes(reference) != state_bytes(trainer)  # the check below compares trained weights
-    losses, accuracy = reference_loop(reference.model, reference.optimizer, reference.train, task, cfg.batch_size, seed, epochs)
+    textbook = TORCH_OPTIMIZERS[cfg.optimizer](reference.model.parameters(), cfg)  # torch.optim, not ours
+    losses, accuracy = reference_loop(reference.model, textbook, reference.train, task, cfg.batch_size, seed, epochs)
 
     for (name, fast), slow in zip(trainer.model.state_dict().items(), reference.model.state_dict().values()):
         torch.testing.assert_close(fast, slow, rtol=1e-6, atol=1e-7, msg=name)
@@ -168,7 +169,8 @@ def test_cuda_trainer_equals_the_textbook_loop_on_the_device():
     trainer, reference = on_device(), on_device()
     history, _ = fit(trainer, 2, progress=False)
     assert trainer.shuffle.device.type == "cuda"  # the permutation is drawn on the device
-    losses, _ = reference_loop(reference.model, reference.optimizer, reference.train, "classification", cfg.batch_size, seed, 2)
+    textbook = TORCH_OPTIMIZERS[cfg.optimizer](reference.model.parameters(), cfg)
+    losses, _ = reference_loop(reference.model, textbook, reference.train, "classification", cfg.batch_size, seed, 2)
     for fast, slow in zip(trainer.model.state_dict().values(), reference.model.state_dict().values()):
         assert fast.is_cuda
         torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
@@ -238,10 +240,12 @@ def test_write_history(tmp_path):
 def test_make_optimizer_builds_the_named_one():
     model = nn.Linear(2, 1)
     sgd = make_optimizer(model, Train(optimizer="sgd", lr=0.5, momentum=0.9, weight_decay=0.01))
-    assert isinstance(sgd, torch.optim.SGD)
-    assert sgd.defaults["lr"] == 0.5 and sgd.defaults["momentum"] == 0.9 and sgd.defaults["weight_decay"] == 0.01
-    assert isinstance(make_optimizer(model, Train(optimizer="adam", lr=0.1)), torch.optim.Adam)
-    assert isinstance(make_optimizer(model, Train(optimizer="adamw")), torch.optim.AdamW)
+    assert isinstance(sgd, optim.SGD)
+    assert (sgd.lr, sgd.momentum, sgd.weight_decay) == (0.5, 0.9, 0.01)
+    assert sgd.params == list(model.parameters())
+    adam = make_optimizer(model, Train(optimizer="adam", lr=0.1))
+    assert isinstance(adam, optim.Adam) and not adam.decoupled_weight_decay and adam.lr == 0.1
+    assert isinstance(make_optimizer(model, Train(optimizer="adamw")), optim.AdamW)
 
 
 def test_unknown_optimizer_lists_the_valid_ones():

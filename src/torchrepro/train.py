@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from torchrepro import normalize
+from torchrepro import normalize, optim
 from torchrepro.atomic import write_json, write_text
 from torchrepro.checkpoint import save_model
 from torchrepro.devices import describe, resolve_device
@@ -28,16 +28,14 @@ from torchrepro.resume import ResumeStore, file_digest
 CHUNK_BYTES = 8 << 20  # how much of the shuffled training set to gather at a time
 EVAL_BATCH = 128  # images per forward pass when evaluating; see predict()
 
-OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "sgd": lambda params, cfg: torch.optim.SGD(
-        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    ),
-    "adam": lambda params, cfg: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
-    "adamw": lambda params, cfg: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+OPTIMIZERS: dict[str, Callable[..., optim.Optimizer]] = {
+    "sgd": lambda params, cfg: optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay),
+    "adam": lambda params, cfg: optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+    "adamw": lambda params, cfg: optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
 }
 
 
-def make_optimizer(model: nn.Module, cfg: Train, key: str = "train") -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: Train, key: str = "train") -> optim.Optimizer:
     """Build the optimizer named in cfg; momentum is an SGD-only setting."""
     if cfg.optimizer not in OPTIMIZERS:
         raise ParamsError(f"{key}.optimizer: unknown optimizer {cfg.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
@@ -79,7 +77,7 @@ class Trainer:
     """A model, its optimizer and its data on one device: everything an epoch needs."""
 
     model: nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: optim.Optimizer
     train: Split
     test: Split
     task: str
@@ -249,6 +247,7 @@ def run(params: Params, experiment: str, progress: bool = True) -> dict:
         "device": str(device),
         "data": file_digest(*(data_dir / f for f in ("train.npz", "test.npz", "meta.json"))),
         "torch": str(torch.__version__),
+        "snapshot": 2,  # the layout of snapshot(); 2: optimizer state from torchrepro.optim
     }
     store = ResumeStore(paths.resume_dir(experiment), fingerprint, exp.train.checkpoint_every_s)
     history: list[dict] = []
