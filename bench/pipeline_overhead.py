@@ -6,7 +6,12 @@ In a fresh clone of this repository (HEAD, default params, empty DVC cache):
   2. a no-op `dvc repro` (nothing changed) against DVC's own no-op on a one-stage project,
      and on a project of as many trivial stages as ours (DVC's floor for that many stages).
 
+With --fashion, the cold run trains the three image recipes (their own epochs) on
+Fashion-MNIST's 60,000 images instead of the 4,000 digits of the default params: the same
+fixed costs beside training at full size. Data as in train_memory.py.
+
     python bench/pipeline_overhead.py
+    python bench/pipeline_overhead.py --fashion [--local-dir DIR]
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from clone import env, fresh_clone  # bench/clone.py
+from clone import env, fresh_clone, use_fashion_mnist  # bench/clone.py
 
 
 
@@ -68,9 +73,14 @@ def trivial_project(where: Path, n_stages: int) -> Path:
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fashion", action="store_true", help="train the image recipes on Fashion-MNIST")
+    parser.add_argument("--local-dir", type=Path, help="with --fashion: directory with the four IDX files")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="torchrepro-overhead-") as tmp:
         clone = fresh_clone(Path(tmp))
+        if args.fashion:
+            use_fashion_mnist(clone, args.local_dir)
         import_torch = timed([sys.executable, "-c", "import torch"], clone)
         cold, spans = cold_repro(clone)
         logs = [json.loads(p.read_text()) for p in sorted((clone / "logs").glob("*.json"))]

@@ -23,14 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
-from clone import env, fresh_clone  # bench/clone.py
-
-DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-EXPERIMENTS = ("mnist_twolayernet", "mnist_mlp", "mnist_cnn")
-
-
+from clone import IMAGE_EXPERIMENTS, env, fresh_clone, use_fashion_mnist  # bench/clone.py
 
 
 def peak_mib(command: list[str], repo: Path) -> tuple[float, float]:
@@ -44,34 +37,18 @@ def peak_mib(command: list[str], repo: Path) -> tuple[float, float]:
     return usage.ru_maxrss / 1024, seconds  # ru_maxrss is in KiB on Linux
 
 
-def configure(repo: Path, local_dir: Path | None, epochs: int, device: str) -> None:
-    """Point the image experiments at Fashion-MNIST, `epochs` each, in the clone's params.yaml."""
-    path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    source = {"name": "fashion-mnist"} | ({"local_dir": str(local_dir)} if local_dir else {})
-    params["device"] = device
-    params["datasets"]["fashion-mnist"] = {"source": source}  # its official 60,000/10,000 split
-    for name in EXPERIMENTS:
-        params["experiments"][name]["dataset"] = "fashion-mnist"
-        params["experiments"][name]["train"]["epochs"] = epochs
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--local-dir", type=Path, help="directory with the four Fashion-MNIST IDX files")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per recipe (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: %(default)s)")
-    parser.add_argument("--experiments", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
+    parser.add_argument("--experiments", nargs="+", choices=IMAGE_EXPERIMENTS, default=list(IMAGE_EXPERIMENTS))
     parser.add_argument("--repeat", type=int, default=1, help="runs of each train stage (default: %(default)s)")
     args = parser.parse_args()
-    if args.local_dir is None and not DEBIAN_DIR.is_dir():
-        sys.exit(f"error: no Fashion-MNIST at {DEBIAN_DIR}; `apt-get install dataset-fashion-mnist` "
-                 "or pass --local-dir with the four IDX files")  # fmt: skip
 
     with tempfile.TemporaryDirectory(prefix="torchrepro-memory-") as tmp:
         repo = fresh_clone(Path(tmp))
-        configure(repo, args.local_dir, args.epochs, args.device)
+        use_fashion_mnist(repo, args.local_dir, args.epochs, args.device)
         for stage in ("download", "normalize"):
             peak_mib([sys.executable, f"stages/{stage}.py", "fashion-mnist"], repo)
         print(f"train stage on Fashion-MNIST (60,000 training images), {args.epochs} epoch(s), device {args.device}")
