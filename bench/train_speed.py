@@ -125,11 +125,13 @@ def classic(recipe: dict, work: Path, epochs: int, device: str, seed: int) -> di
 def ours(recipe: dict, work: Path, epochs: int, device: str, seed: int) -> dict:
     """torchrepro's train stage path: load the processed split, Trainer + fit on the device."""
     from torchrepro import normalize
+    from torchrepro.allocator import fix_malloc_thresholds
     from torchrepro.devices import resolve_device
     from torchrepro.models import create_model
     from torchrepro.params import Train
     from torchrepro.train import Split, Trainer, fit, make_optimizer, seed_everything
 
+    fix_malloc_thresholds()  # as train.run does
     data = normalize.load(work / "processed")
     dev = resolve_device(device)
     seed_everything(seed)

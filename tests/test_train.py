@@ -298,6 +298,13 @@ def test_run_writes_model_history_and_log(tiny_params):
     assert not paths.resume_dir("digits_mlp").exists()  # cleared once training finished
 
 
+def test_run_fixes_the_malloc_thresholds(monkeypatch, tiny_params):
+    calls = []
+    monkeypatch.setattr(train, "fix_malloc_thresholds", lambda: calls.append("fixed"))
+    train.run(tiny_params, "line_linear", progress=False)
+    assert calls == ["fixed"]
+
+
 def test_run_twice_gives_identical_model_bytes(tiny_params):
     model_pt = tiny_params.paths.model_dir("digits_mlp") / "model.pt"
     train.run(tiny_params, "digits_mlp", progress=False)

@@ -17,6 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from torchrepro import normalize, optim
+from torchrepro.allocator import fix_malloc_thresholds
 from torchrepro.atomic import write_json, write_text
 from torchrepro.checkpoint import save_model
 from torchrepro.devices import describe, resolve_device
@@ -221,6 +222,7 @@ def write_history(path, history: list[dict]) -> None:
 
 def run(params: Params, experiment: str, progress: bool = True) -> dict:
     """Train one experiment from params.yaml; writes its model, history and log. Returns the log."""
+    fix_malloc_thresholds()  # keeps the CNN's peak memory steady (allocator.py)
     exp = params.experiment(experiment)
     key = f"experiments.{experiment}"
     device = resolve_device(params.device_for(experiment), key=f"{key}.device" if exp.device else "device")
