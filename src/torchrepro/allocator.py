@@ -4,11 +4,12 @@ glibc serves a block of 128 KiB or more with mmap, and every time such a block i
 raises that threshold to the block's size (up to 32 MiB) and the trim threshold to twice
 that. The CNN's activations and gradients are such blocks (9 MiB per layer at batch 64),
 allocated and freed at every step. As the thresholds slide, some of those blocks come from
-the heap instead, and the heap keeps what fragmentation pins there: of 11 one-epoch CNN
-train stages on 60,000 images, 4 peaked 20 to 570 MiB above the usual resident size, past
-the 1 GiB target. Fixing the thresholds at the values the sliding scheme tends to (32 MiB
-mmap, 64 MiB trim) from the start removed the spikes in bench/train_memory.py's runs, and
-the epoch got no slower (README, Memory). Other C libraries are left alone.
+the heap instead, and (our reading; not traced) the heap keeps what fragmentation pins
+there: of 11 one-epoch CNN train stages on 60,000 images, 4 peaked 20 to 570 MiB above the
+usual resident size, past the 1 GiB target. Fixing the thresholds at the values the
+sliding scheme tends to (32 MiB mmap, 64 MiB trim) from the start removed the spikes in
+bench/train_memory.py's runs, and the epoch got no slower (README, Memory). Other C
+libraries are left alone.
 """
 
 from __future__ import annotations
