@@ -36,7 +36,7 @@ def train_steps(model: nn.Module, optimizer, steps: int, skip: int = 0) -> None:
         x, y = torch.randn(16, 5, generator=generator), torch.randint(0, 3, (16,), generator=generator)
         if i < skip:
             continue
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
 

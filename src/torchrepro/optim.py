@@ -26,12 +26,10 @@ class Optimizer:
         self.lr, self.weight_decay = lr, weight_decay
         self.state: list[dict[str, Tensor | int]] = [{} for _ in self.params]
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
+    def zero_grad(self) -> None:
+        """Drop the gradients, as torch.optim's zero_grad() does by default (set_to_none)."""
         for p in self.params:
-            if set_to_none:
-                p.grad = None
-            elif p.grad is not None:
-                p.grad.zero_()
+            p.grad = None
 
     @torch.no_grad()
     def step(self) -> None:

@@ -112,7 +112,7 @@ class Trainer:
                 xb, yb = x[start : start + self.batch_size], y[start : start + self.batch_size]
                 out = self.model(xb)
                 loss = self.loss(out, yb)
-                self.optimizer.zero_grad(set_to_none=True)
+                self.optimizer.zero_grad()
                 loss.backward()
                 self.optimizer.step()
                 losses[step] = loss.detach()
