@@ -30,7 +30,6 @@ from pathlib import Path
 from clone import env, fresh_clone, use_fashion_mnist  # bench/clone.py
 
 
-
 def timed(command: list[str], cwd: Path) -> float:
     started = time.perf_counter()
     subprocess.run(command, cwd=cwd, env=env(cwd), check=True, capture_output=True)

@@ -9,6 +9,9 @@ def test_thresholds_are_set_on_glibc():
 
 
 def test_other_c_libraries_are_left_alone(monkeypatch):
-    monkeypatch.setattr(allocator.os, "confstr", lambda name: (_ for _ in ()).throw(ValueError(name)))
+    def musl_confstr(name):  # what os.confstr does where the C library lacks the name
+        raise ValueError("unrecognized configuration name")
+
+    monkeypatch.setattr(allocator.os, "confstr", musl_confstr)
     assert not allocator.is_glibc()
     assert allocator.fix_malloc_thresholds() is False
