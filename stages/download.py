@@ -1,6 +1,6 @@
 """Fetch a dataset's raw files into data/raw/<dataset>/ (offline for the bundled sources)."""
 
-from torchrepro.cli import stage
+from torchrepro.core.cli import stage
 
 if __name__ == "__main__":
-    stage(__doc__, "dataset", "torchrepro.datasets")
+    stage(__doc__, "dataset", "torchrepro.download")

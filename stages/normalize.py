@@ -1,6 +1,6 @@
-"""Split a dataset into train/test and standardize it with training statistics: data/processed/<dataset>/."""
+"""Split a dataset into train/test and scale it with training statistics: data/processed/<dataset>/."""
 
-from torchrepro.cli import stage
+from torchrepro.core.cli import stage
 
 if __name__ == "__main__":
-    stage(__doc__, "dataset", "torchrepro.normalize")
+    stage(__doc__, "dataset", "torchrepro.normalize.prepare")

@@ -4,7 +4,7 @@ misclassified digits or the regression fit); with --activations, the activation-
 import argparse
 import sys
 
-from torchrepro.cli import run, stage
+from torchrepro.core.cli import run, stage
 
 if __name__ == "__main__":
     if "--activations" in sys.argv[1:]:
@@ -13,10 +13,10 @@ if __name__ == "__main__":
         args = parser.parse_args()
 
         def main() -> None:
-            from torchrepro.plots import activations
+            from torchrepro.plot import activations
 
             activations(args.activations)
 
         run(main)
     else:
-        stage(__doc__, "experiment", "torchrepro.plots")
+        stage(__doc__, "experiment", "torchrepro.plot")

@@ -2,7 +2,7 @@
 
 import argparse
 
-from torchrepro.cli import run
+from torchrepro.core.cli import run
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
@@ -11,7 +11,7 @@ if __name__ == "__main__":
 
     def main() -> None:
         from torchrepro import report
-        from torchrepro.params import load_params
+        from torchrepro.core.params import load_params
 
         report.run(load_params(args.params))
 

@@ -1,6 +1,6 @@
-"""Train an experiment's model: models/<experiment>/, metrics/<experiment>/history.csv, logs/<experiment>.json."""
+"""Train an experiment's model: models/<experiment>/, metrics/<experiment>/train/, logs/<experiment>.json."""
 
-from torchrepro.cli import stage
+from torchrepro.core.cli import stage
 
 if __name__ == "__main__":
-    stage(__doc__, "experiment", "torchrepro.train")
+    stage(__doc__, "experiment", "torchrepro.train.stage")

@@ -6,30 +6,23 @@ Nothing here downloads or reads the project's data/ directory; every test gets f
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from torchrepro import normalize
-from torchrepro.datasets import Table, image_table
-from torchrepro.params import Params, parse_params
+from torchrepro.core import determinism
+
+# Before torch is imported: the tests run under the shipped `determinism: portable`, as the
+# stages do (one intra-op thread, ATen's AVX2 kernels, MKL's reproducible branch).
+determinism.prepare_environment("portable", os.environ)
+
+from torchrepro.core.params import Params, parse_params  # noqa: E402
+from torchrepro.download.sources import Table, image_table  # noqa: E402
+from torchrepro.normalize import prepare, store  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-# The tests train on a few dozen rows: waking a second intra-op thread costs more than the math,
-# and far more on a busy machine. One thread changes the speed, not the results.
-torch.set_num_threads(1)
-
-
-# torch.optim's version of each optimizer in torchrepro.optim, built from the same settings:
-# the textbook side of every comparison of our training against the classic loop.
-TORCH_OPTIMIZERS = {
-    "sgd": lambda p, cfg: torch.optim.SGD(p, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay),
-    "adam": lambda p, cfg: torch.optim.Adam(p, lr=cfg.lr, weight_decay=cfg.weight_decay),
-    "adamw": lambda p, cfg: torch.optim.AdamW(p, lr=cfg.lr, weight_decay=cfg.weight_decay),
-}
 
 
 def digit_table(n: int = 60, seed: int = 0) -> Table:
@@ -57,9 +50,13 @@ def blob_table(n: int = 90, seed: int = 0) -> Table:
     centres = np.array([[2.0, 0, 0, 1], [-2.0, 1, 0, 0], [0, -2.0, 1, 0]])
     x = centres[y] + rng.normal(scale=0.5, size=(n, 4))
     return Table(
-        x=x, y=y.astype(np.int64), task="classification",
-        feature_names=["f0", "f1", "f2", "f3"], target_name="kind", classes=["a", "b", "c"],
-    )  # fmt: skip
+        x=x,
+        y=y.astype(np.int64),
+        task="classification",
+        feature_names=["f0", "f1", "f2", "f3"],
+        target_name="kind",
+        classes=["a", "b", "c"],
+    )
 
 
 @pytest.fixture
@@ -82,17 +79,24 @@ def tiny_params_dict(root: Path) -> dict:
     return {
         "device": "cpu",
         "seed": 0,
+        "determinism": "portable",
+        "launcher": "python",
         "paths": {
             name: str(root / name)
-            for name in ("raw", "processed", "models", "metrics", "plots", "logs", "reports", "resume")
+            for name in ("raw", "processed", "models", "metrics", "predictions", "plots", "logs", "reports", "resume")
         },
         "datasets": {
-            "digits": {"source": {"name": "mnist-5k"}, "split": {"test_size": 0.2, "seed": 0}},
+            "digits": {"source": {"name": "mnist-5k"}, "split": {"test_size": 0.2, "seed": 0}, "normalize": "global"},
             "line": {
-                "source": {"name": "csv", "path": str(root / "line.csv"), "features": ["x"], "target": "y",
-                           "task": "regression"},
+                "source": {
+                    "name": "csv",
+                    "path": str(root / "line.csv"),
+                    "features": ["x"],
+                    "target": "y",
+                    "task": "regression",
+                },
                 "split": "none",
-                "normalize": "standardize",
+                "normalize": "per_feature",
             },
         },
         "experiments": {
@@ -107,7 +111,7 @@ def tiny_params_dict(root: Path) -> dict:
                 "train": {"optimizer": "sgd", "lr": 0.1, "batch_size": 10, "epochs": 3},
             },
         },
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture
@@ -121,9 +125,9 @@ def tiny_params(tmp_path, params_dict) -> Params:
     """Validated tiny params with both datasets already normalized into paths.processed,
     as the normalize stage would leave them: ready for train, evaluate and plot."""
     params = parse_params(params_dict)
-    normalize.save(normalize.prepare(digit_table(), 0.2, 0, "standardize"), params.paths.processed_dir("digits"))
+    store.save(prepare.prepare(digit_table(), 0.2, 0, "global"), params.paths.processed_dir("digits"))
     x = np.arange(10.0)
     y = np.array([1.0, 1.3, 3.1, 2.0, 5.0, 6.3, 6.6, 7.4, 8.0, 9.0])
     line = Table(x=x[:, None], y=y, task="regression", feature_names=["x"], target_name="y")
-    normalize.save(normalize.prepare(line, None, 0, "standardize"), params.paths.processed_dir("line"))
+    store.save(prepare.prepare(line, None, 0, "per_feature"), params.paths.processed_dir("line"))
     return params

@@ -1,20 +1,36 @@
+import hashlib
+import json
 import os
 import pickle
 
 import pytest
 import torch
 
-from torchrepro.checkpoint import load_model, safe_load, save_model, to_bytes
-from torchrepro.errors import DataError
-from torchrepro.models import create_model
+from torchrepro.core.errors import DataError
+from torchrepro.models.checkpoint import load_model, safe_load, save_model, to_bytes
+from torchrepro.models.nets import create_model
 
 
 def make(seed: int = 0):
     torch.manual_seed(seed)
     model = create_model("mlp", [1, 28, 28], 10, hidden_sizes=[8])
-    info = {"model": "mlp", "model_kwargs": {"hidden_sizes": [8]}, "input_shape": [1, 28, 28], "n_outputs": 10,
-            "task": "classification", "classes": [str(i) for i in range(10)]}  # fmt: skip
+    info = {
+        "model": "mlp",
+        "model_kwargs": {"hidden_sizes": [8]},
+        "input_shape": [1, 28, 28],
+        "n_outputs": 10,
+        "task": "classification",
+        "classes": [str(i) for i in range(10)],
+    }
     return model, info
+
+
+def resign(model_dir) -> None:
+    """Record model.pt's current digest in model.json, as a tampering writer could."""
+    info_path = model_dir / "model.json"
+    described = json.loads(info_path.read_text())
+    described["sha256"] = hashlib.sha256((model_dir / "model.pt").read_bytes()).hexdigest()
+    info_path.write_text(json.dumps(described))
 
 
 class Payload:
@@ -48,6 +64,7 @@ def test_load_model_roundtrip_gives_identical_outputs(tmp_path):
     model, info = make()
     save_model(tmp_path, model, info)
     loaded, loaded_info = load_model(tmp_path)
+    assert loaded_info.pop("sha256") == hashlib.sha256((tmp_path / "model.pt").read_bytes()).hexdigest()
     assert loaded_info == info and not loaded.training
     x = torch.randn(5, 1, 28, 28)
     model.eval()
@@ -70,6 +87,7 @@ def test_pickled_object_in_a_checkpoint_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "pwned"
     state = dict(model.state_dict(), extra=Payload(marker))
     (tmp_path / "model.pt").write_bytes(to_bytes(state))
+    resign(tmp_path)  # whoever can write model.pt can update its digest too
     assert not marker.exists()
     with pytest.raises(DataError, match="model.pt: refused to load: holds more than tensors and plain data") as info:
         load_model(tmp_path)
@@ -99,8 +117,24 @@ def test_truncated_checkpoint(tmp_path):
     data = (tmp_path / "model.pt").read_bytes()
     for keep in (len(data) // 2, 100, 10):
         (tmp_path / "model.pt").write_bytes(data[:keep])
-        with pytest.raises(DataError, match="model.pt: (corrupt or truncated|refused)"):
+        with pytest.raises(DataError, match="model.pt: its SHA-256 does not match model.json.*dvc checkout --force"):
             load_model(tmp_path)
+
+
+def test_a_flipped_byte_that_torch_would_load_is_caught_by_the_digest(tmp_path):
+    """torch does not check its archive's CRCs: two flipped bytes in a tensor's data load
+    without a word and give other weights. The digest in model.json catches them."""
+    model, info = make()
+    save_model(tmp_path, model, info)
+    path = tmp_path / "model.pt"
+    data = bytearray(path.read_bytes())
+    offset = data.index(b"data/0") + 200  # inside the first tensor's bytes
+    data[offset] ^= 0x40
+    data[offset + 1] ^= 0x40
+    path.write_bytes(bytes(data))
+    assert not torch.equal(torch.load(path, weights_only=True)["1.weight"], model.state_dict()["1.weight"])
+    with pytest.raises(DataError, match="model.pt: its SHA-256 does not match"):
+        load_model(tmp_path)
 
 
 def test_garbage_and_empty_checkpoints(tmp_path):
@@ -115,7 +149,10 @@ def test_weights_that_do_not_fit_the_model(tmp_path):
     model, info = make()
     save_model(tmp_path, model, info)
     info_path = tmp_path / "model.json"
-    info_path.write_text(info_path.read_text().replace('"hidden_sizes": [\n      8\n    ]', '"hidden_sizes": [\n      9\n    ]'))
+    described = json.loads(info_path.read_text())
+    described["model_kwargs"]["hidden_sizes"] = [9]
+    info_path.write_text(json.dumps(described))
+    resign(tmp_path)
     with pytest.raises(DataError, match="model.pt: does not fit model 'mlp'"):
         load_model(tmp_path)
 

@@ -4,11 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from torchrepro import evaluate, normalize, train
-from torchrepro.datasets import Table
-from torchrepro.errors import DataError
-from torchrepro.models import create_model
-from torchrepro.params import Train
+from torchrepro import evaluate
+from torchrepro.core.errors import DataError
+from torchrepro.core.params import Train, parse_params
+from torchrepro.download.sources import Table
+from torchrepro.models.inference import predict
+from torchrepro.models.nets import create_model
+from torchrepro.normalize import prepare, store
+from torchrepro.train import stage
+from torchrepro.train.loop import Split, Trainer, fit, seed_everything
+from torchrepro.train.optim import make_optimizer
 
 LINE10_Y = [1.0, 1.3, 3.1, 2.0, 5.0, 6.3, 6.6, 7.4, 8.0, 9.0]
 
@@ -108,14 +113,34 @@ def test_no_weights_for_a_non_linear_model():
     x = np.arange(4.0)[:, None]
     metrics = evaluate.regression_metrics(x, x[:, 0], x, x[:, 0], x[:, 0], None)
     assert "weight" not in metrics and "weight" not in metrics["least_squares"]
-    meta = {"normalize": {"mean": [0.0], "std": [1.0]}}
-    assert evaluate.linear_weights(create_model("mlp", [1], 1, hidden_sizes=[4]), meta) is None
-    assert evaluate.linear_weights(create_model("linear", [1], 2), meta) is None  # two outputs
+    assert evaluate.linear_layer(create_model("mlp", [1], 1, hidden_sizes=[4])) is None
+    assert evaluate.linear_layer(create_model("linear", [1], 2)) is None  # two outputs
 
 
-def test_raw_features_undo_standardization(regression):
-    prepared = normalize.prepare(regression, None, 0, "standardize")
-    np.testing.assert_allclose(evaluate.raw_features(prepared.x_train, prepared.meta), regression.x, rtol=1e-6)
+def test_least_squares_through_the_origin_on_line5_by_hand():
+    # y = a x: a = sum(xy) / sum(x²) = (15 + 40 + 102 + 168 + 290) / 55 = 615 / 55.
+    x = np.arange(1.0, 6.0)[:, None]
+    y = np.array([15.0, 20, 34, 42, 58])
+    a = 615 / 55
+    metrics = evaluate.regression_metrics(x, y, x, y, a * x[:, 0], (np.array([a]), 0.0), intercept=False)
+    exact = metrics["least_squares"]
+    assert exact["intercept"] is False and exact["bias"] == 0.0
+    assert exact["weight"] == pytest.approx(11.181818, abs=1e-6)
+    assert exact["mse"] == pytest.approx(np.mean((y - a * x[:, 0]) ** 2), abs=1e-5)
+    assert metrics["gap"] == pytest.approx({"mse": 0.0, "weight": 0.0, "bias": 0.0}, abs=1e-6)
+
+
+def test_weights_are_reported_in_raw_units(regression):
+    """A model on standardized x, y = w z + b, is y = (w / std) x + (b - w mean / std) in raw x."""
+    x = regression.x
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    z = (x - mean) / std
+    w, b = evaluate.least_squares(z, regression.y)
+    metrics = evaluate.regression_metrics(z, regression.y, z, regression.y, z @ w + b, (w, b), norm=(mean, std))
+    raw_w, raw_b = evaluate.least_squares(x, regression.y)
+    np.testing.assert_allclose(metrics["weight"], raw_w, atol=1e-5)
+    assert metrics["bias"] == pytest.approx(raw_b, abs=1e-5)
+    np.testing.assert_allclose(metrics["least_squares"]["weight"], raw_w, atol=1e-5)
 
 
 def test_linear_regression_on_line10_converges_to_least_squares():
@@ -123,24 +148,28 @@ def test_linear_regression_on_line10_converges_to_least_squares():
     y = np.array(LINE10_Y)
     slope, intercept = exact_line(x, y)
     table = Table(x=x[:, None], y=y, task="regression", feature_names=["x"], target_name="y")
-    data = normalize.prepare(table, None, 0, "standardize")  # x standardized, y as is
+    data = prepare.prepare(table, None, 0, "global")  # x standardized, y as is
 
-    train.seed_everything(0)
+    seed_everything(0)
     model = create_model("linear", [1], 1)
     cfg = Train(optimizer="sgd", lr=0.1, batch_size=10, epochs=300)  # full-batch gradient descent
     device = torch.device("cpu")
-    trainer = train.Trainer(
-        model, train.make_optimizer(model, cfg),
-        train.Split.from_numpy(data.x_train, data.y_train, device),
-        train.Split.from_numpy(data.x_test, data.y_test, device),
-        "regression", cfg.batch_size, seed=0,
-    )  # fmt: skip
-    train.fit(trainer, cfg.epochs, progress=False)
+    trainer = Trainer(
+        model,
+        make_optimizer(model.parameters(), cfg, device),
+        Split.from_numpy(data.x_train, data.y_train, device),
+        Split.from_numpy(data.x_test, data.y_test, device),
+        "regression",
+        cfg.batch_size,
+        seed=0,
+    )
+    fit(trainer, cfg.epochs, progress=False)
 
-    weight, bias = evaluate.linear_weights(model, data.meta)  # back in x's units
+    norm = (np.asarray(data.meta["normalize"]["mean"]), np.asarray(data.meta["normalize"]["std"]))
+    weight, bias = evaluate.original_units(*evaluate.linear_weights(evaluate.linear_layer(model)), *norm)
     assert weight[0] == pytest.approx(slope, abs=1e-3)
     assert bias == pytest.approx(intercept, abs=1e-3)
-    pred = train.predict(model, torch.from_numpy(data.x_test))[:, 0].double().numpy()
+    pred = predict(model, torch.from_numpy(data.x_test))[:, 0].double().numpy()
     metrics = evaluate.regression_metrics(x[:, None], y, x[:, None], y, pred, (weight, bias))
     assert metrics["least_squares"]["weight"] == pytest.approx(slope, abs=1e-6)
     assert metrics["least_squares"]["bias"] == pytest.approx(intercept, abs=1e-6)
@@ -151,22 +180,29 @@ def test_linear_regression_on_line10_converges_to_least_squares():
 
 
 def test_run_classification(tiny_params):
-    train.run(tiny_params, "digits_mlp", progress=False)
+    stage.run(tiny_params, "digits_mlp", progress=False)
     metrics = evaluate.run(tiny_params, "digits_mlp")
     paths = tiny_params.paths
-    assert json.loads(paths.metrics_file("digits_mlp").read_text()) == metrics
+    assert json.loads((paths.evaluate_live_dir("digits_mlp") / "metrics.json").read_text()) == metrics
     assert metrics["n_test"] == 12 and set(metrics["per_class"]) == {str(i) for i in range(10)}
     lines = paths.predictions_file("digits_mlp").read_text().splitlines()
     assert lines[0] == "actual,predicted" and len(lines) == 13
     actual = [line.split(",")[0] for line in lines[1:]]
     predicted = [line.split(",")[1] for line in lines[1:]]
-    y_test = normalize.load(paths.processed_dir("digits")).y_test
+    y_test = store.load(paths.processed_dir("digits")).y_test
     assert actual == [str(c) for c in y_test]
     assert metrics["accuracy"] == pytest.approx(np.mean(np.array(actual) == np.array(predicted)), abs=1e-6)
 
 
+def test_class_names_with_slashes_stay_whole_in_the_summary(tmp_path):
+    """dvclive splits metric names at slashes; Fashion-MNIST has a class "T-shirt/top"."""
+    metrics = evaluate.classification_metrics(np.array([0, 1]), np.array([0, 0]), 0.5, ["T-shirt/top", "Trouser"])
+    evaluate.log_summary(tmp_path, metrics)
+    assert json.loads((tmp_path / "metrics.json").read_text())["per_class"]["T-shirt/top"]["recall"] == 1.0
+
+
 def test_run_regression_reports_raw_unit_weights(tiny_params):
-    train.run(tiny_params, "line_linear", progress=False)
+    stage.run(tiny_params, "line_linear", progress=False)
     metrics = evaluate.run(tiny_params, "line_linear")
     slope, intercept = exact_line(np.arange(10.0), np.array(LINE10_Y))
     assert metrics["least_squares"]["weight"] == pytest.approx(slope, abs=1e-6)
@@ -177,7 +213,9 @@ def test_run_regression_reports_raw_unit_weights(tiny_params):
 
 
 def test_run_without_a_trained_model(tiny_params):
-    with pytest.raises(DataError, match=r"experiment 'digits_mlp' has not been trained yet .*train it with: dvc repro train@digits_mlp"):
+    with pytest.raises(
+        DataError, match=r"experiment 'digits_mlp' has not been trained yet .*train it with: dvc repro train@digits_mlp"
+    ):
         evaluate.run(tiny_params, "digits_mlp")
 
 
@@ -212,3 +250,21 @@ def test_regression_metrics_match_scikit_learn():
     assert evaluate.r2(y, pred) == pytest.approx(r2_score(y, pred), rel=1e-12)
     assert evaluate.r2(np.ones(3), np.ones(3)) == r2_score(np.ones(3), np.ones(3)) == 1.0
     assert evaluate.r2(np.ones(3), np.zeros(3)) == r2_score(np.ones(3), np.zeros(3)) == 0.0
+
+
+def test_run_on_a_model_without_bias_compares_with_the_fit_through_the_origin(tiny_params, params_dict):
+    params_dict["datasets"]["line"]["normalize"] = "none"
+    params_dict["experiments"]["line_origin"] = {
+        "dataset": "line",
+        "model": {"name": "linear", "bias": False},
+        "train": {"optimizer": "sgd", "lr": 0.01, "batch_size": 10, "epochs": 50},
+    }
+    params = parse_params(params_dict)
+    x, y = np.arange(10.0), np.array(LINE10_Y)
+    table = Table(x=x[:, None], y=y, task="regression", feature_names=["x"], target_name="y")
+    store.save(prepare.prepare(table, None, 0, "none"), params.paths.processed_dir("line"))
+    stage.run(params, "line_origin", progress=False)
+    metrics = evaluate.run(params, "line_origin")
+    assert metrics["least_squares"]["intercept"] is False and metrics["bias"] == 0.0
+    assert metrics["least_squares"]["weight"] == pytest.approx(np.sum(x * y) / np.sum(x * x), abs=1e-6)
+    assert metrics["gap"]["weight"] < 1e-3  # 50 full-batch steps reach it

@@ -9,11 +9,12 @@ import pytest
 import torch
 import yaml
 
-from torchrepro import export, normalize
-from torchrepro.checkpoint import load_model, save_model
-from torchrepro.errors import ParamsError
-from torchrepro.models import MODELS, count_parameters, create_model
-from torchrepro.params import parse_params
+from torchrepro import export
+from torchrepro.core.errors import ParamsError
+from torchrepro.core.params import parse_params
+from torchrepro.models.checkpoint import load_model, save_model
+from torchrepro.models.nets import MODELS, count_parameters, create_model
+from torchrepro.normalize import store
 
 from conftest import tiny_params_dict
 
@@ -47,16 +48,24 @@ def tiny_experiment(root, name: str, shape: list[int]) -> tuple[str, dict]:
     n_outputs = 1 if regression else (10 if shape == IMAGE else 3)
     model = create_model(name, shape, n_outputs, **TINY.get(name, {}))
     if shape == IMAGE:
-        norm = {"method": "standardize", "scale": 1 / 255, "mean": 0.1307, "std": 0.3081}
+        norm = {"method": "global", "scale": 1 / 255, "mean": 0.1307, "std": 0.3081}
         classes, features = [str(i) for i in range(10)], ["pixel"]
     else:  # per-feature statistics far from 0 and 1, so a wrong order or a missing step shows
-        norm = {"method": "standardize", "scale": 1.0, "mean": [5.0, -2.0, 100.0], "std": [2.0, 0.5, 30.0]}
+        norm = {"method": "per_feature", "scale": 1.0, "mean": [5.0, -2.0, 100.0], "std": [2.0, 0.5, 30.0]}
         classes, features = ([] if regression else ["a", "b", "c"]), ["u", "v", "w"]
     info = {
-        "experiment": experiment, "dataset": "x", "model": name, "model_kwargs": TINY.get(name, {}),
-        "input_shape": shape, "n_outputs": n_outputs, "task": "regression" if regression else "classification",
-        "classes": classes, "feature_names": features, "normalize": norm, "n_parameters": count_parameters(model),
-    }  # fmt: skip
+        "experiment": experiment,
+        "dataset": "x",
+        "model": name,
+        "model_kwargs": TINY.get(name, {}),
+        "input_shape": shape,
+        "n_outputs": n_outputs,
+        "task": "regression" if regression else "classification",
+        "classes": classes,
+        "feature_names": features,
+        "normalize": norm,
+        "n_parameters": count_parameters(model),
+    }
     save_model(params.paths.model_dir(experiment), model, info)
     return experiment, info
 
@@ -71,10 +80,10 @@ def raw_inputs(info: dict, n: int = 5) -> np.ndarray:
 
 
 def checkpoint_outputs(root, experiment: str, raw: np.ndarray) -> torch.Tensor:
-    """The reference: the checkpoint on inputs normalized by normalize.apply, as predict does."""
+    """The reference: the checkpoint on inputs normalized by store.apply, as predict does."""
     model, info = load_model(root / "models" / experiment)
     with torch.no_grad():
-        return model(torch.from_numpy(normalize.apply(raw, info)))
+        return model(torch.from_numpy(store.apply(raw, info)))
 
 
 @pytest.mark.parametrize("name, shape", CASES, ids=[f"{n}-{'image' if s == IMAGE else 'tabular'}" for n, s in CASES])

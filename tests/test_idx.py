@@ -3,8 +3,8 @@ import gzip
 import numpy as np
 import pytest
 
-from torchrepro.errors import DataError
-from torchrepro.idx import is_gzip, read_idx, read_images_labels, write_idx
+from torchrepro.core.errors import DataError
+from torchrepro.download.idx import is_gzip, read_idx, read_images_labels, write_idx
 
 
 def tiny_images(n: int = 5) -> np.ndarray:

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from torchrepro.errors import ParamsError
-from torchrepro.models import MODELS, count_parameters, create_model
+from torchrepro.core.errors import ParamsError
+from torchrepro.models.nets import MODELS, count_parameters, create_model
 
 IMAGE = [1, 28, 28]
 
@@ -71,27 +71,74 @@ def test_unknown_model_lists_the_registered_ones():
 
 
 def test_unknown_model_option_names_the_key_and_the_allowed_ones():
-    with pytest.raises(ParamsError, match=r"^experiments\.e\.model\.hidden: unknown option for model 'twolayernet'; allowed: hidden_size$"):
+    with pytest.raises(
+        ParamsError,
+        match=r"^experiments\.e\.model\.hidden: unknown option for model 'twolayernet'; allowed: hidden_size$",
+    ):
         create_model("twolayernet", IMAGE, 10, key="experiments.e.model", hidden=5)
-    with pytest.raises(ParamsError, match=r"model\.hidden_size: unknown option for model 'linear'; allowed: none"):
+    with pytest.raises(ParamsError, match=r"model\.hidden_size: unknown option for model 'linear'; allowed: bias"):
         create_model("linear", [2], 1, hidden_size=5)
 
 
 @pytest.mark.parametrize("activation", ["softmax", "ReLU", ""])
 def test_mlp_activation_is_validated(activation):
-    with pytest.raises(ParamsError, match=rf"^model: unknown activation '{activation}'; allowed: relu, sigmoid, tanh$"):
+    with pytest.raises(
+        ParamsError, match=rf"^model\.activation: Input should be 'relu', 'sigmoid' or 'tanh' \(got '{activation}'\)$"
+    ):
         create_model("mlp", IMAGE, 10, activation=activation)
 
 
-@pytest.mark.parametrize("hidden_sizes", [[], [0], [16, -1], [1.5], ["8"]])
-def test_mlp_hidden_sizes_are_validated(hidden_sizes):
-    with pytest.raises(ParamsError, match="hidden_sizes must be a non-empty list of positive integers"):
+@pytest.mark.parametrize(
+    "hidden_sizes, where, problem",
+    [
+        ([], "hidden_sizes", "at least 1 item"),
+        ([0], "hidden_sizes.0", "greater than or equal to 1"),
+        ([16, -1], "hidden_sizes.1", "greater than or equal to 1"),
+        ([1.5], "hidden_sizes.0", "valid integer"),
+        (["8"], "hidden_sizes.0", "valid integer"),
+        ([2**20], "hidden_sizes.0", "less than or equal to 65536"),
+        ([8] * 65, "hidden_sizes", "at most 64 items"),
+    ],
+)
+def test_mlp_hidden_sizes_are_validated(hidden_sizes, where, problem):
+    with pytest.raises(ParamsError, match=rf"^model\.{where}: .*{problem}"):
         create_model("mlp", IMAGE, 10, hidden_sizes=hidden_sizes)
 
 
-def test_wrong_type_for_a_model_option_is_a_params_error():
-    with pytest.raises(ParamsError, match="^model: "):
-        create_model("twolayernet", IMAGE, 10, hidden_size="100")
+@pytest.mark.parametrize(
+    "name, options, problem",
+    [
+        ("twolayernet", {"hidden_size": "100"}, "hidden_size: Input should be a valid integer"),
+        ("twolayernet", {"hidden_size": 10**12}, "hidden_size: Input should be less than or equal to 65536"),
+        ("twolayernet", {"hidden_size": True}, "hidden_size: Input should be a valid integer"),
+        ("cnn", {"dropout1": 1.0}, "dropout1: Input should be less than 1"),
+        ("cnn", {"dropout2": -0.1}, "dropout2: Input should be greater than or equal to 0"),
+        ("linear", {"bias": "no"}, "bias: Input should be a valid boolean"),
+    ],
+)
+def test_out_of_range_options_fail_before_any_tensor_is_made(name, options, problem, monkeypatch):
+    def no_tensors(*args, **kwargs):
+        raise AssertionError("a tensor was made before the options were checked")
+
+    monkeypatch.setattr(torch.nn.Linear, "__init__", no_tensors)
+    monkeypatch.setattr(torch.nn.Conv2d, "__init__", no_tensors)
+    with pytest.raises(ParamsError, match=f"^model\\.{problem}"):
+        create_model(name, IMAGE, 10, **options)
+
+
+def test_a_model_too_large_to_train_is_refused_before_allocating(monkeypatch):
+    """Each width is in range, but two of them in a row need over 2^32 parameters: the
+    parameters are counted on the meta device, which allocates nothing."""
+    n = 784 * 65536 + 65536 + 65536 * 65536 + 65536 + 65536 * 10 + 10
+    with pytest.raises(ParamsError, match=rf"has {n:,} parameters; at most 1,073,741,824 are allowed"):
+        create_model("mlp", IMAGE, 10, key="model", hidden_sizes=[65536, 65536])
+
+
+def test_linear_without_bias_is_y_equals_a_x():
+    model = create_model("linear", [1], 1, bias=False)
+    assert count_parameters(model) == 1
+    torch.nn.init.constant_(model[1].weight, 3.0)
+    assert model(torch.tensor([[2.0]])).item() == 6.0
 
 
 def test_initialization_follows_the_seed():

@@ -2,8 +2,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from torchrepro.errors import ParamsError
-from torchrepro.params import Paths, load_params, parse_params
+from torchrepro.core.errors import ParamsError
+from torchrepro.core.params import Paths, load_params, parse_params
 
 from conftest import ROOT
 
@@ -26,9 +26,10 @@ def test_shipped_params_yaml_validates():
 
 def test_tiny_params_validate_with_defaults(params_dict):
     params = parse_params(params_dict)
-    assert params.experiment("digits_mlp").train.momentum == 0.0  # default
+    assert params.experiment("digits_mlp").train.optimizer_options == {}  # the optimizer's own defaults
+    assert params.determinism == "portable" and params.launcher == "python"
     assert params.dataset("line").split == "none"
-    assert params.experiment("digits_mlp").model.kwargs == {"hidden_sizes": [16], "activation": "relu"}
+    assert params.experiment("digits_mlp").model.options == {"hidden_sizes": [16], "activation": "relu"}
     assert params.dataset("line").source.options["features"] == ["x"]
 
 
@@ -43,16 +44,19 @@ def test_experiment_overrides_device_and_seed(params_dict):
 @pytest.mark.parametrize(
     "where, typo, path, allowed",
     [
-        ((), "seeds", "seeds", "datasets, device, experiments, paths, seed"),
-        (("paths",), "model", "paths.model", "logs, metrics, models, plots, processed, raw, reports, resume"),
-        (("experiments", "digits_mlp", "train"), "epoch", "experiments.digits_mlp.train.epoch",
-         "batch_size, checkpoint_every_s, epochs, lr, momentum, optimizer, weight_decay"),
-        (("experiments", "digits_mlp"), "modle", "experiments.digits_mlp.modle",
-         "dataset, device, model, seed, train"),
+        ((), "seeds", "seeds", "datasets, determinism, device, experiments, launcher, paths, seed"),
+        ((), "devise", "devise", "datasets, determinism, device, experiments, launcher, paths, seed"),
+        (
+            ("paths",),
+            "model",
+            "paths.model",
+            "logs, metrics, models, plots, predictions, processed, raw, reports, resume",
+        ),
+        (("experiments", "digits_mlp"), "modle", "experiments.digits_mlp.modle", "dataset, device, model, seed, train"),
         (("datasets", "digits"), "splt", "datasets.digits.splt", "normalize, source, split"),
-        (("datasets", "digits", "split"), "test_sise", "datasets.digits.split.test_sise", "seed, test_size"),
+        (("datasets", "digits", "split"), "test_sise", "datasets.digits.split.test_sise", "seed, stratify, test_size"),
     ],
-)  # fmt: skip
+)
 def test_unknown_key_names_its_path_and_the_allowed_keys(params_dict, where, typo, path, allowed):
     node = params_dict
     for key in where:
@@ -74,10 +78,11 @@ def test_unknown_key_names_its_path_and_the_allowed_keys(params_dict, where, typ
         ("train", "lr", -0.1, "lr: Input should be greater than 0"),
         ("train", "lr", "fast", "lr: Input should be a valid number"),
         ("train", "batch_size", 0, "batch_size: Input should be greater than or equal to 1"),
-        ("train", "momentum", 1.0, "momentum: Input should be less than 1"),
+        ("train", "epochs", 10**9, "epochs: Input should be less than or equal to 100000"),
+        ("train", "batch_size", 2**40, "batch_size: Input should be less than or equal to 1048576"),
         ("train", "optimizer", 3, "optimizer: Input should be a valid string"),
     ],
-)  # fmt: skip
+)
 def test_bad_training_values(params_dict, section, key, value, expected):
     params_dict["experiments"]["digits_mlp"][section][key] = value
     assert f"experiments.digits_mlp.{section}.{expected}" in params_error(params_dict)
@@ -99,8 +104,56 @@ def test_split_must_be_a_mapping_or_none(params_dict):
 
 
 def test_normalize_method_is_checked(params_dict):
-    params_dict["datasets"]["digits"]["normalize"] = "minmax"
-    assert "datasets.digits.normalize: " in params_error(params_dict)
+    params_dict["datasets"]["digits"]["normalize"] = "standardize"
+    message = params_error(params_dict)
+    assert "datasets.digits.normalize: Input should be 'none', 'unit', 'global' or 'per_feature'" in message
+
+
+@pytest.mark.parametrize(
+    "where, value",
+    [
+        (("experiments", "digits_mlp", "train", "lr"), float("inf")),
+        (("experiments", "digits_mlp", "train", "lr"), float("nan")),
+        (("experiments", "digits_mlp", "train", "momentum"), float("inf")),  # an optimizer option
+        (("experiments", "digits_mlp", "model", "dropout"), float("nan")),  # a model option
+        (("datasets", "digits", "split", "test_size"), float("-inf")),
+        (("experiments", "digits_mlp", "model", "hidden_sizes", 0), float("inf")),
+    ],
+)
+def test_non_finite_numbers_are_refused_anywhere(params_dict, where, value):
+    node = params_dict
+    for key in where[:-1]:
+        node = node[key]
+    node[where[-1]] = value
+    path = ".".join(map(str, where))
+    assert params_error(params_dict) == f"params.yaml: {path}: must be a finite number, not NaN or infinity"
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 2**64])
+def test_seeds_must_fit_numpy(params_dict, seed):
+    params_dict["seed"] = seed
+    assert params_error(params_dict).startswith("params.yaml: seed: Input should be ")
+
+
+def test_determinism_is_portable_or_host(params_dict):
+    params_dict["determinism"] = "exact"
+    assert "determinism: Input should be 'portable' or 'host'" in params_error(params_dict)
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("seed: 0\nseed: 1\n", "duplicate key 'seed'"),
+        ("datasets:\n  a: {source: iris}\n  a: {source: iris}\n", "duplicate key 'a'"),
+        ("experiments: {e: {dataset: a, dataset: b}}\n", "duplicate key 'dataset'"),
+    ],
+)
+def test_duplicate_keys_are_refused_as_dvc_does(tmp_path, text, problem):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    assert str(info.value).startswith(f"{path}: not valid YAML at line ") and str(info.value).endswith(problem)
 
 
 @pytest.mark.parametrize("device", ["gpu", "cuda:x", "CPU", ""])
@@ -126,7 +179,7 @@ def test_experiment_with_undefined_dataset(params_dict):
     params_dict["experiments"]["digits_mlp"]["dataset"] = "digts"
     message = params_error(params_dict)
     assert "experiments.digits_mlp.dataset: unknown dataset 'digts'" in message
-    assert message.endswith("defined under datasets: digits, line")
+    assert "defined under datasets: digits, line. A new dataset needs its own block under datasets:" in message
 
 
 def test_model_needs_a_name(params_dict):
@@ -148,7 +201,9 @@ def test_more_problems_are_counted_on_the_same_line(params_dict):
 
 def test_unknown_experiment_or_dataset_lookup(params_dict):
     params = parse_params(params_dict)
-    with pytest.raises(ParamsError, match="unknown experiment 'nope'; defined under experiments: digits_mlp, line_linear"):
+    with pytest.raises(
+        ParamsError, match="unknown experiment 'nope'; defined under experiments: digits_mlp, line_linear"
+    ):
         params.experiment("nope")
     with pytest.raises(ParamsError, match="unknown dataset 'nope'; defined under datasets: digits, line"):
         params.dataset("nope")
@@ -192,13 +247,21 @@ def test_params_are_frozen(params_dict):
 
 
 def test_paths_are_built_from_the_roots():
-    paths = Paths(raw="R", processed="P", models="M", metrics="X", plots="G", logs="L", resume="S")
+    paths = Paths(raw="R", processed="P", models="M", metrics="X", predictions="Q", plots="G", logs="L", resume="S")
     assert str(paths.raw_dir("d")) == "R/d"
     assert str(paths.processed_dir("d")) == "P/d"
     assert str(paths.model_dir("e")) == "M/e"
-    assert str(paths.metrics_file("e")) == "X/e.json"
-    assert str(paths.history_file("e")) == "X/history/e.csv"
-    assert str(paths.predictions_file("e")) == "X/predictions/e.csv"
+    assert str(paths.train_live_dir("e")) == "X/e/train"
+    assert str(paths.evaluate_live_dir("e")) == "X/e/evaluate"
+    assert str(paths.predictions_file("e")) == "Q/e.csv"
     assert str(paths.plots_dir("e")) == "G/e"
     assert str(paths.log_file("e")) == "L/e.json"
     assert str(paths.resume_dir("e")) == "S/e"
+
+
+@pytest.mark.parametrize("key", ["device", "seed", "determinism", "launcher"])
+def test_the_settings_dvc_yaml_reads_must_be_written_out(params_dict, key):
+    """dvc.yaml lists these as params (or builds the train command from them): DVC fails on a
+    missing one, so no default here may hide it."""
+    del params_dict[key]
+    assert params_error(params_dict) == f"params.yaml: {key}: Field required"

@@ -13,10 +13,12 @@ import torch
 import yaml
 from PIL import Image
 
-from torchrepro import normalize, predict, train
-from torchrepro.datasets import Table, image_table
-from torchrepro.evaluate import raw_features
-from torchrepro.params import parse_params
+from torchrepro import predict
+from torchrepro.core.params import parse_params
+from torchrepro.download.sources import Table, image_table
+from torchrepro.models.inference import predict as forward
+from torchrepro.normalize import prepare, store
+from torchrepro.train import stage
 
 from conftest import blob_table, tiny_params_dict
 
@@ -37,9 +39,14 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     raw = tiny_params_dict(root)
     raw["datasets"]["blobs"] = {
-        "source": {"name": "csv", "path": "blobs.csv", "features": ["f0", "f1", "f2", "f3"], "target": "kind",
-                   "task": "classification"},
-    }  # fmt: skip
+        "source": {
+            "name": "csv",
+            "path": "blobs.csv",
+            "features": ["f0", "f1", "f2", "f3"],
+            "target": "kind",
+            "task": "classification",
+        },
+    }
     raw["experiments"] |= {
         "digits_twolayernet": {
             "dataset": "digits",
@@ -57,9 +64,10 @@ def project(tmp_path_factory):
     digits = image_table(images[keep].reshape(-1, 28, 28).astype(np.uint8), labels[keep].astype(np.int64), root)
     line = Table(x=np.arange(10.0)[:, None], y=LINE_Y, task="regression", feature_names=["x"], target_name="y")
     for name, table, test_size in [("digits", digits, 0.2), ("blobs", blob_table(), 0.3), ("line", line, None)]:
-        normalize.save(normalize.prepare(table, test_size, 0, "standardize"), params.paths.processed_dir(name))
+        method = "global" if table.kind == "image" else "per_feature"
+        store.save(prepare.prepare(table, test_size, 0, method), params.paths.processed_dir(name))
     for name in ("digits_twolayernet", "blobs_mlp", "line_linear"):
-        train.run(params, name, progress=False)
+        stage.run(params, name, progress=False)
     return root, params
 
 
@@ -90,11 +98,11 @@ def split_digits(project) -> tuple[np.ndarray, np.ndarray]:
     """The first test-split digits as raw pixels (uint8), and the classes the model predicts
     when the normalized test split is fed to it directly, as the evaluate stage does."""
     _, params = project
-    data = normalize.load(params.paths.processed_dir("digits"))
+    data = store.load(params.paths.processed_dir("digits"))
     norm = data.meta["normalize"]
     pixels = np.rint((data.x_test[:, 0] * norm["std"] + norm["mean"]) / norm["scale"]).astype(np.uint8)
     model, info = predict.load_trained(params, "digits_twolayernet")
-    direct = train.predict(model, torch.from_numpy(data.x_test)).argmax(1).numpy()
+    direct = forward(model, torch.from_numpy(data.x_test)).argmax(1).numpy()
     return pixels[:N_DIGITS], np.asarray(info["classes"])[direct[:N_DIGITS]]
 
 
@@ -154,8 +162,8 @@ def test_jpeg_and_text_output(capsys, project, tmp_path):
 
 def test_csv_rows_match_direct_evaluation(capsys, project, tmp_path):
     _, params = project
-    data = normalize.load(params.paths.processed_dir("blobs"))
-    rows = raw_features(data.x_test, data.meta)  # back in the CSV's units
+    data = store.load(params.paths.processed_dir("blobs"))
+    rows = store.unapply(data.x_test, data.meta)  # back in the CSV's units
     file = tmp_path / "blobs.csv"
     # Columns in another order plus a target column: matched by name, extras ignored.
     lines = ["kind,f3,f2,f1,f0", *("?," + ",".join(repr(float(v)) for v in r[::-1]) for r in rows)]
@@ -164,7 +172,7 @@ def test_csv_rows_match_direct_evaluation(capsys, project, tmp_path):
     assert code == 0, err
     results = json.loads(out)["predictions"]
     model, info = predict.load_trained(params, "blobs_mlp")
-    direct = train.predict(model, torch.from_numpy(data.x_test)).argmax(1).numpy()
+    direct = forward(model, torch.from_numpy(data.x_test)).argmax(1).numpy()
     assert [r["prediction"] for r in results] == [info["classes"][i] for i in direct]
     assert [r["line"] for r in results] == list(range(2, len(rows) + 2))
 
@@ -177,7 +185,7 @@ def test_regression_csv_prints_values(capsys, project, tmp_path):
     assert code == 0
     model, info = predict.load_trained(params, "line_linear")
     raw = np.array([[2.5], [7.0]])
-    values = model(torch.from_numpy(normalize.apply(raw, info)))[:, 0].tolist()
+    values = model(torch.from_numpy(store.apply(raw, info)))[:, 0].tolist()
     assert out.splitlines() == [f"{file}:2: {values[0]:.6g}", f"{file}:3: {values[1]:.6g}"]
 
 

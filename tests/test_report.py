@@ -12,8 +12,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from torchrepro import evaluate, report, train
-from torchrepro.params import Paths, parse_params
+from torchrepro import evaluate, report
+from torchrepro.core.params import Paths, parse_params
+from torchrepro.train import stage
 
 from conftest import ROOT
 
@@ -26,7 +27,7 @@ def evaluated(tiny_params, params_dict):
     params_dict["experiments"]["spare"] = {"dataset": "line", "model": {"name": "linear"}}
     params = parse_params(params_dict)
     for name in ("digits_mlp", "line_linear"):
-        train.run(params, name, progress=False)
+        stage.run(params, name, progress=False)
         evaluate.run(params, name)
     return params
 
@@ -47,7 +48,7 @@ def test_one_row_per_experiment_with_the_numbers_of_its_files(evaluated, capsys)
     for name, headline in [("digits_mlp", "accuracy"), ("line_linear", "mse")]:
         row, log = rows.loc[name], read(paths.log_file(name))
         other = "mse" if headline == "accuracy" else "accuracy"
-        assert row[headline] == read(paths.metrics_file(name))[headline] and pd.isna(row[other])
+        assert row[headline] == read(paths.evaluate_live_dir(name) / "metrics.json")[headline] and pd.isna(row[other])
         assert row["train_seconds"] == log["train_seconds"] and row["device"] == log["device_name"]
         assert row["n_parameters"] == read(paths.model_dir(name) / "model.json")["n_parameters"]
     assert rows.loc["spare"][["accuracy", "mse", "train_seconds", "n_parameters", "device"]].isna().all()
@@ -61,7 +62,7 @@ def test_one_row_per_experiment_with_the_numbers_of_its_files(evaluated, capsys)
 def test_markdown_and_chart(evaluated):
     report.run(evaluated)
     reports = evaluated.paths.reports
-    lines = open(f"{reports}/summary.md").read().splitlines()
+    lines = Path(f"{reports}/summary.md").read_text().splitlines()
     table = [line for line in lines if line.startswith("|")]
     assert len(table) == 2 + 3  # header, alignment, one row per experiment
     assert table[0].split("|")[1].strip() == "experiment" and table[1].startswith("|:---|")
@@ -84,8 +85,10 @@ def test_stage_script(evaluated, params_dict, tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict))
     done = subprocess.run(
         [sys.executable, "stages/report.py", "--params", str(tmp_path / "params.yaml")],
-        capture_output=True, text=True, cwd=ROOT,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr
     assert {p.name for p in (tmp_path / "reports").iterdir()} == REPORT_FILES
 

@@ -1,67 +1,116 @@
 import hashlib
+import json
+import os
 
 import pytest
 import torch
 
-from torchrepro import resume
-from torchrepro.checkpoint import to_bytes
-from torchrepro.resume import ResumeStore, file_digest
+from torchrepro.core.io import file_digest
+from torchrepro.models.checkpoint import to_bytes
+from torchrepro.train import resume
+from torchrepro.train.resume import ResumeStore
 
-FINGERPRINT = {"params": {"lr": 0.1}, "seed": 0, "device": "cpu", "data": "abc", "torch": "2.x"}
+FINGERPRINT = {"params": {"lr": 0.1}, "seed": 0, "device": "cpu", "data": "abc", "torch": "2.x", "snapshot": 3}
+EPOCHS = 5
 
 
 def state(epoch: int = 1) -> dict:
     return {"epoch": epoch, "history": [{"epoch": 1, "train_loss": 0.5}], "model": {"w": torch.arange(4.0)}}
 
 
+def store(tmp_path, **differences) -> ResumeStore:
+    return ResumeStore(tmp_path / "exp", dict(FINGERPRINT, **differences), EPOCHS)
+
+
 def test_save_load_roundtrip(tmp_path):
-    store = ResumeStore(tmp_path / "exp", FINGERPRINT)
-    assert store.load() is None  # nothing yet
-    assert store.save(state()) is True
-    assert store.path.parent == tmp_path / "exp" and store.path.suffix == ".pt"
-    loaded = ResumeStore(tmp_path / "exp", dict(FINGERPRINT)).load()  # a new process, same fingerprint
+    first = store(tmp_path)
+    assert first.load() is None  # nothing yet
+    assert first.save(state(), epoch=1) is True
+    assert first.path.parent == tmp_path / "exp" and first.path.suffix == ".pt"
+    loaded = store(tmp_path).load()  # a new process, same fingerprint
     assert loaded["epoch"] == 1 and loaded["history"] == [{"epoch": 1, "train_loss": 0.5}]
     assert torch.equal(loaded["model"]["w"], torch.arange(4.0))
-    assert loaded["fingerprint"] == FINGERPRINT
+
+
+def test_the_header_holds_a_digest_of_the_archive(tmp_path):
+    s = store(tmp_path)
+    s.save(state(), epoch=1)
+    line, _, payload = s.path.read_bytes().partition(b"\n")
+    header = json.loads(line)
+    assert header["sha256"] == hashlib.sha256(payload).hexdigest()
+    assert header["fingerprint"] == FINGERPRINT and (header["epoch"], header["epochs"]) == (1, EPOCHS)
 
 
 def test_fingerprint_with_a_str_subclass_still_loads(tmp_path):
-    """train.run puts torch.__version__ (a str subclass) into the fingerprint."""
+    """The train stage puts torch.__version__ (a str subclass) into the fingerprint."""
     fingerprint = dict(FINGERPRINT, torch=torch.__version__)
-    ResumeStore(tmp_path, fingerprint).save(state())
-    assert ResumeStore(tmp_path, fingerprint).load() is not None
+    ResumeStore(tmp_path, fingerprint, EPOCHS).save(state(), epoch=1)
+    assert ResumeStore(tmp_path, fingerprint, EPOCHS).load() is not None
 
 
 def test_nothing_to_load_is_silent(tmp_path, capsys):
-    assert ResumeStore(tmp_path / "never", FINGERPRINT).load() is None
+    assert store(tmp_path).load() is None
     assert capsys.readouterr().err == ""
 
 
-@pytest.mark.parametrize("key, value", [("params", {"lr": 0.2}), ("data", "def"), ("seed", 1)])
-def test_other_fingerprint_is_ignored_with_a_warning_naming_what_differs(tmp_path, capsys, key, value):
-    ResumeStore(tmp_path, FINGERPRINT).save(state())
-    other = ResumeStore(tmp_path, dict(FINGERPRINT, **{key: value}))
-    assert other.load() is None
+def test_other_params_do_not_resume_but_an_unfinished_checkpoint_of_theirs_is_kept(tmp_path):
+    theirs = store(tmp_path, params={"lr": 0.2})
+    theirs.save(state(), epoch=2)
+    assert store(tmp_path).load() is None
+    assert theirs.path.exists()  # a return to lr 0.2 resumes it
+
+
+def test_finished_checkpoints_of_other_params_are_removed(tmp_path):
+    theirs = store(tmp_path, params={"lr": 0.2})
+    theirs.save(state(EPOCHS), epoch=EPOCHS)
+    assert store(tmp_path).load() is None
+    assert not theirs.path.exists()  # finished: DVC's run-cache holds its results
+
+
+@pytest.mark.parametrize("key", ["torch", "snapshot"])
+def test_checkpoints_no_run_can_use_are_removed(tmp_path, key):
+    theirs = store(tmp_path, **{key: "other"})
+    theirs.save(state(), epoch=1)
+    store(tmp_path).load()
+    assert not theirs.path.exists()
+
+
+def test_only_the_newest_unfinished_checkpoints_of_other_params_are_kept(tmp_path):
+    others = []
+    for i in range(resume.KEEP_UNFINISHED + 2):
+        other = store(tmp_path, seed=100 + i)
+        other.save(state(), epoch=1)
+        os.utime(other.path, (1000 + i, 1000 + i))
+        others.append(other.path)
+    store(tmp_path).load()
+    assert [p.exists() for p in others] == [False, False, True, True, True]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "no-header"])
+def test_a_damaged_checkpoint_is_ignored_with_a_warning_and_removed(tmp_path, capsys, damage):
+    s = store(tmp_path)
+    s.save(state(), epoch=1)
+    data = bytearray(s.path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) - 50]
+    elif damage == "flip":  # two bytes in the archive: torch.load would not notice
+        data[-300] ^= 0x08
+        data[-299] ^= 0x08
+    else:
+        data = bytearray(to_bytes(state()))
+    s.path.write_bytes(bytes(data))
+    assert s.load() is None
     err = capsys.readouterr().err
-    assert err.startswith("warning: ignoring resume checkpoint ") and err.count("\n") == 1
-    assert f"made with different {key}" in err
+    assert err.startswith("warning: ignoring resume checkpoint: ") and err.rstrip().endswith("starting over")
+    assert err.count("\n") == 1 and not s.path.exists()
 
 
-def test_corrupt_checkpoint_is_ignored_with_a_warning(tmp_path, capsys):
-    store = ResumeStore(tmp_path, FINGERPRINT)
-    store.save(state())
-    store.path.write_bytes(store.path.read_bytes()[:50])
-    assert store.load() is None
-    err = capsys.readouterr().err
-    assert err.startswith("warning: ignoring resume checkpoint: ") and "corrupt or truncated" in err
-    assert err.rstrip().endswith("starting over")
-
-
-def test_unreadable_other_checkpoint_warning(tmp_path, capsys):
-    (tmp_path / "0000.pt").write_bytes(b"junk")
-    assert ResumeStore(tmp_path, FINGERPRINT).load() is None
-    err = capsys.readouterr().err
-    assert f"ignoring resume checkpoint {tmp_path / '0000.pt'}: unreadable" in err
+def test_unreadable_other_checkpoint_is_removed_with_a_warning(tmp_path, capsys):
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "0000.pt").write_bytes(b"junk")
+    assert store(tmp_path).load() is None
+    assert "removing resume checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "exp" / "0000.pt").exists()
 
 
 class Opaque:
@@ -69,28 +118,14 @@ class Opaque:
 
 
 def test_pickled_object_in_a_resume_file_is_refused(tmp_path, capsys):
-    store = ResumeStore(tmp_path, FINGERPRINT)
-    store.path.parent.mkdir(parents=True, exist_ok=True)
-    store.path.write_bytes(to_bytes({"fingerprint": FINGERPRINT, "x": Opaque()}))
-    assert store.load() is None
+    """Even with a header whose digest matches, the archive is loaded with weights_only."""
+    s = store(tmp_path)
+    s.path.parent.mkdir(parents=True)
+    payload = to_bytes({"x": Opaque()})
+    header = {"format": resume.FORMAT, "sha256": hashlib.sha256(payload).hexdigest(), "fingerprint": FINGERPRINT}
+    s.path.write_bytes(json.dumps(header).encode() + b"\n" + payload)
+    assert s.load() is None
     assert "refused to load" in capsys.readouterr().err
-
-
-def test_matching_name_with_a_different_fingerprint_inside(tmp_path, capsys):
-    store = ResumeStore(tmp_path, FINGERPRINT)
-    store.path.parent.mkdir(parents=True, exist_ok=True)
-    store.path.write_bytes(to_bytes({**state(), "fingerprint": dict(FINGERPRINT, seed=9)}))
-    assert store.load() is None
-    assert "its fingerprint does not match; starting over" in capsys.readouterr().err
-
-
-def test_clear_removes_the_checkpoints(tmp_path):
-    store = ResumeStore(tmp_path / "exp", FINGERPRINT)
-    store.save(state())
-    assert store.path.exists()
-    store.clear()
-    assert not (tmp_path / "exp").exists()
-    store.clear()  # nothing there: still fine
 
 
 class Clock:
@@ -101,26 +136,29 @@ class Clock:
         return self.now
 
 
-def test_every_s_throttles_saves(tmp_path, monkeypatch):
+def test_every_s_throttles_saves_but_the_last_epoch_is_always_saved(tmp_path, monkeypatch):
     clock = Clock()
     monkeypatch.setattr(resume.time, "monotonic", clock)
-    store = ResumeStore(tmp_path, FINGERPRINT, every_s=60)
+    s = ResumeStore(tmp_path, FINGERPRINT, EPOCHS, every_s=60)
     clock.now += 10
-    assert store.save(state(1)) is False and not store.path.exists()  # 10 s since the start
+    assert s.save(state(1), epoch=1) is False and not s.path.exists()  # 10 s since the start
     clock.now += 55
-    assert store.save(state(2)) is True  # 65 s
+    assert s.save(state(2), epoch=2) is True  # 65 s
     clock.now += 59
-    assert store.save(state(3)) is False  # 59 s since the last save
+    assert s.save(state(3), epoch=3) is False  # 59 s since the last save
     clock.now += 1
-    assert store.save(state(4)) is True
-    assert store.load()["epoch"] == 4
+    assert s.save(state(4), epoch=4) is True
+    assert s.save(state(5), epoch=EPOCHS) is True  # the last one: a kill now must cost nothing
+    assert s.load()["epoch"] == 5
 
 
-def test_every_s_zero_saves_every_epoch_but_not_the_last(tmp_path):
-    store = ResumeStore(tmp_path, FINGERPRINT, every_s=0)
-    assert store.save(state(1)) is True and store.save(state(2)) is True
-    assert store.save(state(3), final_epoch=True) is False  # training is done: nothing to resume
-    assert store.load()["epoch"] == 2
+@pytest.mark.parametrize("value, seconds", [(None, 0.0), ("0", 0.0), ("30", 30.0), ("1.5", 1.5)])
+def test_interval_from_the_environment(monkeypatch, value, seconds):
+    if value is None:
+        monkeypatch.delenv(resume.INTERVAL_ENV, raising=False)
+    else:
+        monkeypatch.setenv(resume.INTERVAL_ENV, value)
+    assert resume.interval_from_env() == seconds
 
 
 def test_file_digest_is_sha256_of_the_concatenation(tmp_path):

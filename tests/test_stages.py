@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from torchrepro import normalize
+from torchrepro.normalize import prepare, store
 
 from conftest import ROOT, digit_table, tiny_params_dict
 
 STAGES = sorted(p.stem for p in (ROOT / "stages").glob("*.py"))
-OUTPUT_ROOTS = ("raw", "processed", "models", "metrics", "plots", "logs", "reports", "resume")
+OUTPUT_ROOTS = ("raw", "processed", "models", "metrics", "predictions", "plots", "logs", "reports", "resume")
 
 
 @dataclass
@@ -43,30 +43,55 @@ def set_in(path: list, value):
 
 CASES = {
     "unknown-key": Case(
-        "download", ["digits"], set_in(["datasets", "digits", "normalise"], "standardize"),
+        "download",
+        ["digits"],
+        set_in(["datasets", "digits", "normalise"], "global"),
         "datasets.digits.normalise: unknown key; allowed: normalize, source, split",
     ),
     "epochs-0": Case(
-        "train", ["digits_mlp"], set_in(["experiments", "digits_mlp", "train", "epochs"], 0),
+        "train",
+        ["digits_mlp"],
+        set_in(["experiments", "digits_mlp", "train", "epochs"], 0),
         "experiments.digits_mlp.train.epochs: Input should be greater than or equal to 1 (got 0)",
     ),
     "unknown-model": Case(
-        "train", ["digits_mlp"], set_in(["experiments", "digits_mlp", "model", "name"], "mlpp"),
-        "experiments.digits_mlp.model.name: unknown model 'mlpp'; allowed: ", with_data=True,
+        "train",
+        ["digits_mlp"],
+        set_in(["experiments", "digits_mlp", "model", "name"], "mlpp"),
+        "experiments.digits_mlp.model.name: unknown model 'mlpp'; allowed: ",
+        with_data=True,
     ),
     "experiment-with-unknown-dataset": Case(
-        "evaluate", ["digits_mlp"], set_in(["experiments", "digits_mlp", "dataset"], "digts"),
+        "evaluate",
+        ["digits_mlp"],
+        set_in(["experiments", "digits_mlp", "dataset"], "digts"),
         "experiments.digits_mlp.dataset: unknown dataset 'digts'; defined under datasets: digits, line",
     ),
+    "validate-optimizer-option": Case(
+        "validate",
+        ["logs/params.ok"],
+        set_in(["experiments", "digits_mlp", "train", "momentum"], 0.9),
+        "experiments.digits_mlp.train.momentum: unknown key; allowed: the training settings optimizer, lr",
+    ),
+    "validate-top-level-typo": Case(
+        "validate",
+        ["logs/params.ok"],
+        set_in(["devise"], "cpu"),
+        "devise: unknown key; allowed: datasets, determinism, device, experiments, launcher, paths, seed",
+    ),
     "unknown-dataset-argument": Case(
-        "normalize", ["digts"], lambda raw: None,
+        "normalize",
+        ["digts"],
+        lambda raw: None,
         "unknown dataset 'digts'; defined under datasets: digits, line",
     ),
     "unknown-experiment-argument": Case(
-        "plot", ["nope"], lambda raw: None,
+        "plot",
+        ["nope"],
+        lambda raw: None,
         "unknown experiment 'nope'; defined under experiments: digits_mlp, line_linear",
     ),
-}  # fmt: skip
+}
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
@@ -85,8 +110,8 @@ def runs(tmp_path_factory):
         case.edit(raw)
         (root / "params.yaml").write_text(yaml.safe_dump(raw))
         if case.with_data:
-            prepared = normalize.prepare(digit_table(), 0.2, 0, "standardize")
-            normalize.save(prepared, Path(raw["paths"]["processed"]) / "digits")
+            prepared = prepare.prepare(digit_table(), 0.2, 0, "global")
+            store.save(prepared, Path(raw["paths"]["processed"]) / "digits")
         before = sorted(p.name for p in root.iterdir())
         script = str(ROOT / "stages" / f"{case.stage}.py")
         procs[name] = (start([script, *case.args, "--params", "params.yaml"], root), root, before)
@@ -134,14 +159,18 @@ def test_bad_params_give_one_error_line_and_no_output(runs, name):
 def test_missing_params_file_is_one_error_line(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "stages" / "download.py"), "x", "--params", "missing.yaml"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert result.stderr == "error: missing.yaml: file not found; run from the project root or pass --params\n"
     assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_argument_is_a_usage_error(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "stages" / "train.py")], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "train.py")], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2 and "the following arguments are required: experiment" in result.stderr

@@ -1,4 +1,8 @@
-"""Evaluation: metrics/<experiment>.json and the predictions behind them."""
+"""The evaluate stage: a trained model on its test split. dvclive writes the summary,
+metrics/<experiment>/evaluate/metrics.json; predictions/<experiment>.csv holds the
+(actual, predicted) pairs behind it. Metrics are computed with numpy: no scikit-learn
+import (1.2 s) in every evaluate stage.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from torchrepro import normalize
-from torchrepro.atomic import write_json, write_text
-from torchrepro.checkpoint import load_model
-from torchrepro.devices import resolve_device
-from torchrepro.params import Params
-from torchrepro.train import loss_fn, predict
+from torchrepro.core import determinism
+from torchrepro.core.devices import resolve_device
+from torchrepro.core.io import write_text
+from torchrepro.core.live import open_live
+from torchrepro.core.params import Params
+from torchrepro.models.checkpoint import load_model
+from torchrepro.models.inference import loss_fn, predict
+from torchrepro.normalize import store
 
 DIGITS = 6  # metrics are rounded so `dvc metrics diff` shows changes, not float noise
 
@@ -59,11 +65,12 @@ def original_units(weight: np.ndarray, bias: float, mean: np.ndarray, std: np.nd
     return w, float(bias - np.sum(w * mean))
 
 
-def least_squares(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    """The exact ordinary-least-squares weight and bias of y ~ x @ w + b."""
-    design = np.column_stack([x, np.ones(len(x))])
+def least_squares(x: np.ndarray, y: np.ndarray, intercept: bool = True) -> tuple[np.ndarray, float]:
+    """The exact ordinary-least-squares weight and bias of y ~ x @ w + b (b = 0 without intercept:
+    the line through the origin, w = sum(xy) / sum(x²) for one feature)."""
+    design = np.column_stack([x, np.ones(len(x))]) if intercept else x
     solution, *_ = np.linalg.lstsq(design, y, rcond=None)
-    return solution[:-1], float(solution[-1])
+    return (solution[:-1], float(solution[-1])) if intercept else (solution, 0.0)
 
 
 def mse(y: np.ndarray, pred: np.ndarray) -> float:
@@ -80,22 +87,36 @@ def r2(y: np.ndarray, pred: np.ndarray) -> float:
 
 
 def regression_metrics(
-    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-    pred: np.ndarray, linear: tuple[np.ndarray, float] | None,
-) -> dict[str, Any]:  # fmt: skip
-    """MSE and R² of the model, and of the exact least-squares fit on the same raw-unit
-    training data; for a linear model also its weight and bias and the gap to the optimum."""
-    exact_weight, exact_bias = least_squares(x_train, y_train)
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    pred: np.ndarray,
+    linear: tuple[np.ndarray, float] | None,
+    intercept: bool = True,
+    norm: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """MSE and R² of the model, and of the exact least-squares fit of the same family (with an
+    intercept, or through the origin for a model without bias) on the same inputs; for a linear
+    model also its weight and bias and the gap to the optimum. x is what the model takes; with
+    `norm` (the normalization's mean and std) weights are reported in the data's raw units."""
+    exact_weight, exact_bias = least_squares(x_train, y_train, intercept)
     exact_pred = x_test @ exact_weight + exact_bias
     metrics: dict[str, Any] = {
         "mse": _round(mse(y_test, pred)),
         "r2": _round(r2(y_test, pred)),
         "n_test": int(len(y_test)),
-        "least_squares": {"mse": _round(mse(y_test, exact_pred)), "r2": _round(r2(y_test, exact_pred))},
+        "least_squares": {
+            "mse": _round(mse(y_test, exact_pred)),
+            "r2": _round(r2(y_test, exact_pred)),
+            "intercept": intercept,
+        },
     }
     metrics["gap"] = {"mse": _round(metrics["mse"] - metrics["least_squares"]["mse"])}
     if linear is not None:
-        weight, bias = linear
+        raw = (lambda w, b: original_units(w, b, *norm)) if norm is not None else (lambda w, b: (w, b))
+        weight, bias = raw(*linear)
+        exact_weight, exact_bias = raw(exact_weight, exact_bias)
         scalar = len(weight) == 1  # one feature: plain numbers read better in `dvc metrics show`
         as_metric = (lambda w: _round(w[0])) if scalar else (lambda w: [_round(v) for v in w])
         metrics |= {"weight": as_metric(weight), "bias": _round(bias)}
@@ -107,36 +128,31 @@ def regression_metrics(
     return metrics
 
 
-def raw_features(x: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
-    """Undo standardization of tabular features: back to the CSV's units."""
-    norm = meta["normalize"]
-    return x.astype(np.float64) * np.asarray(norm["std"]) + np.asarray(norm["mean"])
-
-
-def linear_weights(model: torch.nn.Module, meta: dict[str, Any]) -> tuple[np.ndarray, float] | None:
-    """Weight and bias in raw units when the model is a single nn.Linear with one output."""
+def linear_layer(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The model's one nn.Linear when the model is a single linear map with one output."""
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    if len(layers) != 1 or layers[0].out_features != 1:
-        return None
-    weight = layers[0].weight.detach().cpu().double().numpy()[0]
-    bias = float(layers[0].bias.detach().cpu().double().numpy()[0])
-    norm = meta["normalize"]
-    return original_units(weight, bias, np.asarray(norm["mean"]), np.asarray(norm["std"]))
+    return layers[0] if len(layers) == 1 and layers[0].out_features == 1 else None
+
+
+def linear_weights(layer: torch.nn.Linear) -> tuple[np.ndarray, float]:
+    """Weight and bias of a one-output nn.Linear, as the model sees its inputs."""
+    weight = layer.weight.detach().cpu().double().numpy()[0]
+    bias = 0.0 if layer.bias is None else float(layer.bias.detach().cpu().double().numpy()[0])
+    return weight, bias
 
 
 def run(params: Params, experiment: str) -> dict[str, Any]:
-    """Evaluate a trained experiment on its test split; writes metrics JSON and predictions CSV."""
+    """Evaluate a trained experiment on its test split; writes the metrics and the predictions."""
     exp = params.experiment(experiment)
     key = f"experiments.{experiment}.device" if exp.device else "device"
     device = resolve_device(params.device_for(experiment), key=key)
+    determinism.apply(params.determinism, device)
     paths = params.paths
     model, info = load_model(paths.model_dir(experiment), device, experiment)
     # The training split is only needed for the least-squares reference of a regression.
-    data = normalize.load(paths.processed_dir(exp.dataset), train=info["task"] == "regression")
-    x_test = torch.from_numpy(data.x_test).to(device)
-    y_test = torch.from_numpy(data.y_test).to(device)
-    out = predict(model, x_test)
-    loss = loss_fn(info["task"])(out, y_test).item()
+    data = store.load(paths.processed_dir(exp.dataset), train=info["task"] == "regression")
+    out = predict(model, torch.from_numpy(data.x_test).to(device))
+    loss = loss_fn(info["task"])(out, torch.from_numpy(data.y_test).to(device)).item()
     if info["task"] == "classification":
         pred = out.argmax(1).cpu().numpy()
         metrics = classification_metrics(data.y_test, pred, loss, info["classes"])
@@ -144,13 +160,27 @@ def run(params: Params, experiment: str) -> dict[str, Any]:
         rows = [f"{a},{p}" for a, p in zip(names[data.y_test], names[pred])]
     else:
         pred = out.squeeze(1).cpu().double().numpy()
-        meta = data.meta
+        norm = data.meta["normalize"]
+        layer = linear_layer(model)
         metrics = regression_metrics(
-            raw_features(data.x_train, meta), data.y_train.astype(np.float64),
-            raw_features(data.x_test, meta), data.y_test.astype(np.float64),
-            pred, linear_weights(model, meta),
-        )  # fmt: skip
+            data.x_train.astype(np.float64),
+            data.y_train.astype(np.float64),
+            data.x_test.astype(np.float64),
+            data.y_test.astype(np.float64),
+            pred,
+            linear_weights(layer) if layer is not None else None,
+            intercept=layer is None or layer.bias is not None,
+            norm=(np.asarray(norm["mean"]) / norm["scale"], np.asarray(norm["std"]) / norm["scale"]),
+        )
         rows = [f"{a:.6g},{p:.6g}" for a, p in zip(data.y_test, pred)]
     write_text(paths.predictions_file(experiment), "\n".join(["actual,predicted", *rows]) + "\n")
-    write_json(paths.metrics_file(experiment), metrics)
+    log_summary(paths.evaluate_live_dir(experiment), metrics)
     return metrics
+
+
+def log_summary(directory, metrics: dict[str, Any]) -> None:
+    """The metrics as dvclive's summary, metrics.json. Set as a whole, not metric by metric:
+    dvclive splits names at slashes, and class names such as "T-shirt/top" have them."""
+    live = open_live(directory)
+    live.summary.update(metrics)
+    live.make_summary()

@@ -24,15 +24,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchrepro.atomic import write_bytes
-from torchrepro.cli import run
-from torchrepro.params import load_params
+from torchrepro.core.cli import run
+from torchrepro.core.io import write_bytes
+from torchrepro.core.params import load_params
 
 INFO_FILE = "model.json"  # the name of model.json inside the .pt2 archive
 
 
 class RawInputs(nn.Module):
-    """model((x * scale - mean) / std), as normalize.apply does, folded into x * a - b."""
+    """model((x * scale - mean) / std), as the data store's `apply` does, folded into x * a - b."""
 
     def __init__(self, model: nn.Module, norm: dict[str, Any]):
         super().__init__()
@@ -71,7 +71,7 @@ def export_model(model: nn.Module, info: dict[str, Any], out: str | Path) -> tup
     info_json = json.dumps(info, indent=2, sort_keys=True)
     try:
         program = export_program(wrapper, info)
-    except Exception as error:  # noqa: BLE001  any export failure means: use the fallback, and say why
+    except Exception as error:
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         out = out.with_suffix(".pt")
         write_bytes(out, torchscript_bytes(wrapper, info, info_json))

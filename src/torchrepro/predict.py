@@ -4,7 +4,7 @@
   python -m torchrepro.predict --experiment iris_mlp flowers.csv
 
 Inputs get exactly the normalization the model was trained with (model.json's
-`normalize`, via normalize.apply). Images are first framed the way MNIST digits
+`normalize`, via the data store's `apply`). Images are first framed the way MNIST digits
 are: grayscale, light ink on a dark background, cropped to the ink, fitted into
 20x20 and placed in 28x28 with the ink's center of mass at the center.
 """
@@ -15,18 +15,19 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from torchrepro import normalize
-from torchrepro.checkpoint import load_model
-from torchrepro.cli import run
-from torchrepro.datasets import read_csv_frame, read_numeric
-from torchrepro.devices import resolve_device
-from torchrepro.errors import DataError
-from torchrepro.params import Params, load_params
+from torchrepro.core import determinism
+from torchrepro.core.cli import run
+from torchrepro.core.errors import DataError
+from torchrepro.core.params import Params, load_params
+from torchrepro.download.sources import read_csv_frame, read_numeric
+from torchrepro.normalize import store
+
+if TYPE_CHECKING:  # torch is imported once the determinism environment is set
+    import torch
 
 FIELD, BOX = 28, 20  # MNIST: digits fitted into 20x20, centred in a 28x28 field
 CENTER = 14.0  # where MNIST puts the ink's center of mass (row and column, in pixel indices)
@@ -79,7 +80,9 @@ def frame_digit(gray: np.ndarray, where: str = "image") -> np.ndarray:
     h, w = crop.shape
     scale = BOX / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))  # PIL sizes are (width, height)
-    fitted = np.asarray(Image.fromarray(crop.astype(np.float32)).resize(size, Image.Resampling.LANCZOS), dtype=np.float64)
+    fitted = np.asarray(
+        Image.fromarray(crop.astype(np.float32)).resize(size, Image.Resampling.LANCZOS), dtype=np.float64
+    )
     fitted = np.clip(fitted, 0, 255)  # Lanczos overshoots a little at sharp edges
     return place_by_center_of_mass(fitted).astype(np.float32)
 
@@ -117,6 +120,8 @@ def read_features(path: str | Path, feature_names: list[str]) -> np.ndarray:
 
 def load_trained(params: Params, experiment: str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
     """The experiment's checkpoint and model.json; says how to train it when there is none."""
+    from torchrepro.models.checkpoint import load_model
+
     params.experiment(experiment)  # unknown name: ParamsError listing the defined ones
     return load_model(params.paths.model_dir(experiment), device, experiment)
 
@@ -125,12 +130,15 @@ def is_image_model(info: dict[str, Any]) -> bool:
     return len(info["input_shape"]) == 3  # (1, 28, 28); tabular models take (F,)
 
 
-@torch.no_grad()
 def predict_raw(model: torch.nn.Module, info: dict[str, Any], raw: np.ndarray, device="cpu") -> list[dict[str, Any]]:
     """Predictions for raw inputs (pixels 0-255 as (N, 1, 28, 28), or raw feature rows (N, F)):
     class and top-k probabilities for classification, the value for regression."""
-    x = torch.from_numpy(normalize.apply(raw, info)).to(device)
-    out = model.eval()(x).cpu().double()
+    import torch
+
+    from torchrepro.models.inference import predict
+
+    x = torch.from_numpy(store.apply(raw, info)).to(device)
+    out = predict(model, x).cpu().double()
     if info["task"] != "classification":
         return [{"prediction": float(f"{v:.7g}")} for v in out[:, 0]]  # float32 holds ~7 digits
     probs = torch.softmax(out, dim=1)
@@ -172,8 +180,12 @@ def read_inputs(files: list[str | Path], info: dict[str, Any]) -> tuple[np.ndarr
 
 
 def predict_files(params: Params, experiment: str, files: list[str | Path], device: str = "cpu") -> list[dict]:
-    """Load the experiment's model and predict every image or CSV row in `files`."""
+    """Load the experiment's model and predict every image or CSV row in `files`, under the
+    params' determinism, as evaluation does."""
+    from torchrepro.core.devices import resolve_device
+
     torch_device = resolve_device(device, key="--device")
+    determinism.apply(params.determinism, torch_device)
     model, info = load_trained(params, experiment, torch_device)
     raw, labels = read_inputs(files, info)
     return [label | result for label, result in zip(labels, predict_raw(model, info, raw, torch_device))]
@@ -200,7 +212,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def predict() -> None:
-        results = predict_files(load_params(args.params), args.experiment, args.files, args.device)
+        params = load_params(args.params)
+        determinism.prepare_environment(params.determinism)
+        results = predict_files(params, args.experiment, args.files, args.device)
         if args.json:
             json.dump({"experiment": args.experiment, "predictions": results}, sys.stdout, indent=2)
             print()

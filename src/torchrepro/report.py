@@ -4,7 +4,7 @@
   reports/summary.md    the same table in markdown
   reports/headline.png  accuracy of the classifiers and MSE of the regressions, as bars
 
-Settings come from params.yaml; numbers from metrics/<exp>.json (evaluate),
+Settings come from params.yaml; numbers from metrics/<exp>/evaluate/metrics.json,
 logs/<exp>.json (train seconds, device) and models/<exp>/model.json (parameters).
 An experiment not yet trained or evaluated keeps its row with those cells empty.
 """
@@ -18,15 +18,26 @@ from typing import Any
 
 import pandas as pd
 
-from torchrepro.atomic import atomic_path, write_text
-from torchrepro.params import Experiment, Params
+from torchrepro.core.io import atomic_path, write_text
+from torchrepro.core.params import Experiment, Params
 
-# plots.PNG's settings, not imported: plots imports normalize, which would become a dep of this stage.
+# plot.PNG's settings, not imported: plot imports the data store, which would become a dep of this stage.
 PNG = {"dpi": 100, "metadata": {"Software": None}}  # no version stamp: same figure, same bytes
 COLUMNS = [
-    "experiment", "dataset", "model", "model_kwargs", "optimizer", "lr", "batch_size", "epochs",
-    "accuracy", "mse", "train_seconds", "n_parameters", "device",
-]  # fmt: skip
+    "experiment",
+    "dataset",
+    "model",
+    "model_kwargs",
+    "optimizer",
+    "lr",
+    "batch_size",
+    "epochs",
+    "accuracy",
+    "mse",
+    "train_seconds",
+    "n_parameters",
+    "device",
+]
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -43,23 +54,25 @@ def _compact(kwargs: dict[str, Any]) -> str:
 
 
 def _optimizer(exp: Experiment) -> str:
-    """The optimizer's name with the options that differ from 0: 'sgd momentum=0.9'."""
+    """The optimizer's name with its options and scheduler: 'sgd momentum=0.9', 'adadelta step'."""
     train = exp.train
-    extras = {"momentum": train.momentum, "weight_decay": train.weight_decay}
-    return " ".join([train.optimizer, *(f"{k}={v:g}" for k, v in extras.items() if v)])
+    words = [train.optimizer, *(f"{k}={v}" for k, v in train.optimizer_options.items())]
+    if train.scheduler is not None:
+        words.append(train.scheduler.name)
+    return " ".join(words)
 
 
 def experiment_row(params: Params, name: str) -> dict[str, Any]:
     """One experiment's settings and results; results it does not have yet are None."""
     exp, paths = params.experiment(name), params.paths
-    metrics = _read_json(paths.metrics_file(name)) or {}
+    metrics = _read_json(paths.evaluate_live_dir(name) / "metrics.json") or {}
     log = _read_json(paths.log_file(name)) or {}
     info = _read_json(paths.model_dir(name) / "model.json") or {}
     return {
         "experiment": name,
         "dataset": exp.dataset,
         "model": exp.model.name,
-        "model_kwargs": _compact(exp.model.kwargs),
+        "model_kwargs": _compact(exp.model.options),
         "optimizer": _optimizer(exp),
         "lr": exp.train.lr,
         "batch_size": exp.train.batch_size,
@@ -112,8 +125,9 @@ def headline_chart(frame: pd.DataFrame, out: Path) -> None:
     panels = [(m, frame.dropna(subset=[m])) for m in ("accuracy", "mse")]
     panels = [(m, rows) for m, rows in panels if len(rows)] or [("accuracy", frame.iloc[:0])]
     widths = [max(2, len(rows)) for _, rows in panels]
-    fig, axes = plt.subplots(1, len(panels), figsize=(1.2 * sum(widths) + 2, 4), squeeze=False,
-                             gridspec_kw={"width_ratios": widths})  # fmt: skip
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(1.2 * sum(widths) + 2, 4), squeeze=False, gridspec_kw={"width_ratios": widths}
+    )
     for ax, (metric, rows) in zip(axes[0], panels):
         values = rows[metric].astype(float)
         bars = ax.bar(rows["experiment"], values, color="tab:blue" if metric == "accuracy" else "tab:orange")

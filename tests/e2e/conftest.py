@@ -31,6 +31,8 @@ BIN = Path(sys.executable).parent  # the venv that runs pytest also holds dvc an
 TINY_PARAMS = """\
 device: cpu
 seed: 0
+determinism: portable
+launcher: python
 
 paths:
   raw: data/raw
@@ -41,12 +43,13 @@ paths:
   logs: logs
   reports: reports
   resume: .resume
+  predictions: predictions
 
 datasets:
   iris:
     source: {name: iris}
-    split: {test_size: 0.3333333333333333, seed: 1}
-    normalize: standardize
+    split: {test_size: 0.3333333333333333, seed: 1, stratify: false}
+    normalize: global
   line5:
     source: {name: csv, path: data/csv/line5.csv, features: [x], target: y, task: regression}
     split: none
@@ -114,9 +117,13 @@ class Repo:
         """Start dvc in its own process group (so the test can kill the whole tree); output to `log`."""
         with open(log, "wb") as out:
             return subprocess.Popen(
-                [str(BIN / "dvc"), *args], cwd=self.root, env=self.env,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                [str(BIN / "dvc"), *args],
+                cwd=self.root,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def background(self, *args: str) -> Background:
         """`dvc *args` started in the background; `.result()` waits and returns its output."""
@@ -183,8 +190,10 @@ def project_files() -> list[str]:
     """The working tree as git would commit it: tracked plus untracked, not ignored files."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=PROJECT, capture_output=True, check=True,
-    ).stdout.decode()  # fmt: skip
+        cwd=PROJECT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
     return [f for f in listed.split("\0") if f and (PROJECT / f).is_file()]
 
 

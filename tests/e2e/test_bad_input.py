@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
+
+EVALUATE_METRICS = "metrics/iris_mlp/evaluate/metrics.json"
+OUTPUTS = ("models/iris_mlp/model.pt", "logs/iris_mlp.json", "metrics/iris_mlp/train/plots/metrics/train/loss.tsv")
 
 
 def error_lines(text: str) -> list[str]:
@@ -28,7 +34,11 @@ def test_tampered_model_is_refused_and_its_payload_never_runs(workspace, tmp_pat
     state = torch.load(model_pt, weights_only=True)
     model_pt.unlink()  # write a new file, never through a link into the DVC cache
     torch.save({**state, "extra": Payload(str(marker))}, model_pt)
-    metrics_before = workspace.digest("metrics/iris_mlp.json")
+    info_json = workspace / "models/iris_mlp/model.json"  # whoever can write model.pt can update its digest
+    info = json.loads(info_json.read_text()) | {"sha256": hashlib.sha256(model_pt.read_bytes()).hexdigest()}
+    info_json.unlink()
+    info_json.write_text(json.dumps(info))
+    metrics_before = workspace.digest(EVALUATE_METRICS)
 
     result = workspace.python("stages/evaluate.py", "iris_mlp", check=False)
     assert result.returncode == 2, result.output
@@ -36,7 +46,7 @@ def test_tampered_model_is_refused_and_its_payload_never_runs(workspace, tmp_pat
     assert "models/iris_mlp/model.pt" in line and "refused to load" in line
     assert "Traceback" not in result.stderr
     assert not marker.exists()
-    assert workspace.digest("metrics/iris_mlp.json") == metrics_before
+    assert workspace.digest(EVALUATE_METRICS) == metrics_before
 
     torch.load(model_pt, weights_only=False)  # the payload is live: an unsafe load runs it
     assert marker.exists()
@@ -55,33 +65,43 @@ def zero_epochs(params: dict) -> None:
     params["experiments"]["iris_mlp"]["train"]["epochs"] = 0
 
 
+def top_level_typo(params: dict) -> None:
+    params["devise"] = "cpu"
+
+
+def optimizer_option(params: dict) -> None:
+    params["experiments"]["iris_mlp"]["train"]["momentum"] = 0.9  # Adam takes no momentum
+
+
+def undefined_dataset(params: dict) -> None:
+    params["experiments"]["iris_mlp"]["dataset"] = "fashion-mnist"
+
+
 @pytest.mark.parametrize(
     "edit, key, says",
     [
         (rename_lr, "experiments.iris_mlp.train.lrr", "unknown key"),
         (unknown_model, "experiments.iris_mlp.model.name", "unknown model 'mlpp'"),
         (zero_epochs, "experiments.iris_mlp.train.epochs", "greater than or equal to 1"),
+        (top_level_typo, "devise", "unknown key"),
+        (optimizer_option, "experiments.iris_mlp.train.momentum", "optimizer Adam's options"),
+        (undefined_dataset, "experiments.iris_mlp.dataset", "unknown dataset 'fashion-mnist'"),
     ],
-    ids=["typo-key", "unknown-model", "zero-epochs"],
+    ids=["typo-key", "unknown-model", "zero-epochs", "top-level-typo", "optimizer-option", "undefined-dataset"],
 )
-def test_bad_param_fails_the_stage_with_the_key_and_loses_nothing(workspace, reproduced, edit, key, says):
+def test_bad_param_stops_at_validate_with_the_key_and_loses_nothing(workspace, reproduced, edit, key, says):
     params = workspace.params()
     edit(params)
     workspace.write_params(params)
 
     result = workspace.dvc("repro", check=False)
     assert result.returncode != 0
-    assert workspace.ran(result.output) == {"train@iris_mlp"}  # the first stage that reads the change
+    assert workspace.ran(result.output) == {"validate"}  # the first stage: nothing else ran
     [line] = error_lines(result.stderr)
     assert key in line and says in line, line
-    assert "Traceback" not in result.output
-
-    # DVC deleted the stage's outputs before running it. Git holds params.yaml and the
-    # `cache: false` outputs (metrics/history/...), the DVC cache holds the others.
-    workspace.git("checkout", "--", ".")
-    workspace.dvc("checkout")
-    assert workspace.dvc_json("status") == {}
-    for rel in ("models/iris_mlp/model.pt", "logs/iris_mlp.json", "metrics/history/iris_mlp.csv"):
+    assert "exited with 2" in result.output and "Traceback" not in result.output
+    # No stage ran, so DVC removed no outputs: everything is as it was, with nothing to restore.
+    for rel in OUTPUTS:
         assert workspace.digest(rel) == reproduced.digest(rel), rel
 
 

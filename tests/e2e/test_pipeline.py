@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -15,11 +16,16 @@ PER_ITEM = {  # the foreach stages, by the dataset or experiment they were made 
 }
 
 
+TRAIN_METRICS = [  # dvclive's files for iris_mlp's training
+    "metrics/iris_mlp/train/metrics.json",
+    *(f"metrics/iris_mlp/train/plots/metrics/{s}/{m}.tsv" for s in ("train", "test") for m in ("loss", "accuracy")),
+]
+
+
 def per_item(stages) -> set[str]:
     """Only the foreach stages (`name@key`): single stages such as `activations` or an
     all-experiments summary may rightly depend on every experiment."""
     return {s for s in stages if "@" in s}
-
 
 
 @pytest.fixture(scope="session")
@@ -34,16 +40,18 @@ def test_repro_runs_every_stage_and_reports_both_experiments(reproduced, all_sta
     assert reproduced.dvc_json("status") == {}
 
     shown = reproduced.dvc_json("metrics", "show")[""]["data"]
-    assert set(shown) == {f"metrics/{e}.json" for e in EXPERIMENTS}
-    for experiment in EXPERIMENTS:  # what DVC reports is what the evaluate stage wrote
-        assert shown[f"metrics/{experiment}.json"]["data"] == reproduced.read_json(f"metrics/{experiment}.json")
+    assert set(shown) == {f"metrics/{e}/{s}/metrics.json" for e in EXPERIMENTS for s in ("train", "evaluate")}
+    for experiment in EXPERIMENTS:  # what DVC reports is what dvclive wrote for evaluate
+        rel = f"metrics/{experiment}/evaluate/metrics.json"
+        assert shown[rel]["data"] == reproduced.read_json(rel)
+        assert shown[f"metrics/{experiment}/train/metrics.json"]["data"]["step"] == 2  # the last epoch
 
-    iris = shown["metrics/iris_mlp.json"]["data"]
+    iris = shown["metrics/iris_mlp/evaluate/metrics.json"]["data"]
     assert 0 <= iris["accuracy"] <= 1
     assert iris["n_test"] == 50  # a third of 150 flowers
     assert set(iris["per_class"]) == {"setosa", "versicolor", "virginica"}
 
-    line = shown["metrics/linreg_line5.json"]["data"]
+    line = shown["metrics/linreg_line5/evaluate/metrics.json"]["data"]
     x, y = np.loadtxt(reproduced / "data/csv/line5.csv", delimiter=",", skiprows=1, unpack=True)
     slope, intercept = np.polyfit(x, y, 1)
     assert line["n_test"] == 5  # split: none evaluates on every row
@@ -78,9 +86,7 @@ def test_changing_one_experiment_reruns_only_its_stages(fewer_epochs):
     status = fewer_epochs.status_before
     assert "train@linreg_line5" in status
     assert all(stage.endswith("@linreg_line5") for stage in per_item(status)), status
-    assert status["train@linreg_line5"] == [
-        {"changed deps": {"params.yaml": {"experiments.linreg_line5": "modified"}}}
-    ]
+    assert status["train@linreg_line5"] == [{"changed deps": {"params.yaml": {"experiments.linreg_line5": "modified"}}}]
 
     output = fewer_epochs.repro_output
     assert per_item(fewer_epochs.ran(output)) == {f"{s}@linreg_line5" for s in ("train", "evaluate", "plot")}
@@ -91,25 +97,35 @@ def test_changing_one_experiment_reruns_only_its_stages(fewer_epochs):
     assert list(params_diff) == ["experiments.linreg_line5.train.epochs"]
     assert params_diff["experiments.linreg_line5.train.epochs"] | {"diff": None} == {"old": 2, "new": 1, "diff": None}
     metrics_diff = fewer_epochs.dvc_json("metrics", "diff")  # HEAD against the workspace
-    assert set(metrics_diff) == {"metrics/linreg_line5.json"}
-    mse = metrics_diff["metrics/linreg_line5.json"]["mse"]
+    assert set(metrics_diff) == {f"metrics/linreg_line5/{s}/metrics.json" for s in ("train", "evaluate")}
+    mse = metrics_diff["metrics/linreg_line5/evaluate/metrics.json"]["mse"]
     assert mse["old"] != mse["new"]
 
 
 def test_editing_model_code_outdates_training(workspace):
-    models_py = workspace / "src/torchrepro/models.py"
-    models_py.write_text(models_py.read_text() + "# a comment is still a change to a declared dependency\n")
+    nets = workspace / "src/torchrepro/models/nets.py"
+    nets.write_text(nets.read_text() + "# a comment is still a change to a declared dependency\n")
     status = workspace.dvc_json("status")
     for experiment in EXPERIMENTS:
         [entry] = status[f"train@{experiment}"]
-        assert entry == {"changed deps": {"src/torchrepro/models.py": "modified"}}
+        assert entry == {"changed deps": {"src/torchrepro/models": "modified"}}
     assert not any(stage.startswith(("download@", "normalize@", "plot@")) for stage in status)
 
 
+def test_editing_the_training_loop_does_not_outdate_evaluation(workspace):
+    loop = workspace / "src/torchrepro/train/loop.py"
+    loop.write_text(loop.read_text() + "# a change to training only\n")
+    stages = set(workspace.dvc_json("status"))
+    assert {f"train@{e}" for e in EXPERIMENTS} <= stages
+    assert not any(stage.startswith(("evaluate@", "plot@")) for stage in stages)
+
+
 def test_forced_retraining_is_byte_identical(workspace, reproduced):
+    shutil.rmtree(workspace / ".resume")  # else the finished run's checkpoint is reused, not retrained
     output = workspace.dvc("repro", "--force", "--single-item", "train@iris_mlp").output
     assert workspace.ran(output) == {"train@iris_mlp"}
-    for rel in ("models/iris_mlp/model.pt", "models/iris_mlp/model.json", "metrics/history/iris_mlp.csv"):
+    assert workspace.read_json("logs/iris_mlp.json")["epochs_run"] == 2
+    for rel in ("models/iris_mlp/model.pt", "models/iris_mlp/model.json", *TRAIN_METRICS):
         assert workspace.digest(rel) == reproduced.digest(rel), rel
     before, after = reproduced.lock_outs()["train@iris_mlp"], workspace.lock_outs()["train@iris_mlp"]
     assert after["models/iris_mlp"] == before["models/iris_mlp"]
@@ -128,7 +144,11 @@ def back_to_first(fewer_epochs, tmp_path_factory):
 
 
 def test_returning_to_earlier_params_restores_earlier_results(back_to_first, reproduced):
-    for rel in ("metrics/linreg_line5.json", "metrics/history/linreg_line5.csv", "models/linreg_line5/model.pt"):
+    for rel in (
+        "metrics/linreg_line5/evaluate/metrics.json",
+        "metrics/linreg_line5/train/plots/metrics/train/loss.tsv",
+        "models/linreg_line5/model.pt",
+    ):
         assert back_to_first.digest(rel) == reproduced.digest(rel), rel
     assert back_to_first.dvc_json("metrics", "diff") == {}
     # Same inputs as the committed run, so the plot stage comes straight from the run-cache.

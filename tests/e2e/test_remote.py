@@ -7,7 +7,7 @@ OUTPUTS = (
     "data/processed/line5/meta.json",
     "models/iris_mlp/model.pt",
     "models/linreg_line5/model.pt",
-    "metrics/iris_mlp.json",
+    "metrics/iris_mlp/evaluate/metrics.json",
     "plots/activations.png",
 )
 

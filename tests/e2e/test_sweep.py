@@ -1,4 +1,4 @@
-"""Issue 7: a parameter sweep with `dvc exp`, list values set from the command line included."""
+"""A parameter sweep with `dvc exp`, list values set from the command line included."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pytest
 
 LR = "experiments.iris_mlp.train.lr"
 HIDDEN = "experiments.iris_mlp.model.hidden_sizes"
+METRICS = "metrics/iris_mlp/evaluate/metrics.json"
 
 
 def iris_settings(params: dict) -> tuple[float, tuple[int, ...]]:
@@ -28,14 +29,14 @@ def test_queued_sweep_then_apply(workspace, reproduced):
     }
     settings = {iris_settings(data["params"]["params.yaml"]["data"]): name for name, data in experiments.items()}
     assert set(settings) == {(0.001, (8,)), (0.01, (8,)), (0.01, (4, 4))}
-    metrics = {key: experiments[name]["metrics"]["metrics/iris_mlp.json"]["data"] for key, name in settings.items()}
+    metrics = {key: experiments[name]["metrics"][METRICS]["data"] for key, name in settings.items()}
     assert metrics[(0.001, (8,))] != metrics[(0.01, (8,))]
     # lr 0.01 with [8] hidden units is the committed baseline: the same numbers again.
-    assert metrics[(0.01, (8,))] == reproduced.read_json("metrics/iris_mlp.json")
+    assert metrics[(0.01, (8,))] == reproduced.read_json(METRICS)
 
     workspace.dvc("exp", "apply", settings[(0.001, (8,))])
     assert iris_settings(workspace.params()) == (0.001, (8,))
-    assert workspace.read_json("metrics/iris_mlp.json") == metrics[(0.001, (8,))]
+    assert workspace.read_json(METRICS) == metrics[(0.001, (8,))]
 
     workspace.dvc("exp", "apply", settings[(0.01, (4, 4))])
     info = workspace.read_json("models/iris_mlp/model.json")

@@ -1,0 +1,303 @@
+"""params.yaml as typed, validated objects.
+
+Everything a stage reads from params.yaml passes through `load_params` once. Unknown keys,
+duplicate keys, wrong types, non-finite numbers and out-of-range values raise ParamsError
+naming the key path and what is allowed. No torch here: download and normalize use it too;
+the options of models, optimizers and schedulers are checked against torch itself by
+`torchrepro.validate` (the validate stage) before any stage runs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from torchrepro.core.errors import ParamsError
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+Seed = Annotated[int, Field(ge=0, lt=2**32)]  # numpy and scikit-learn take 32-bit seeds
+
+
+class Strict(BaseModel):
+    # strict: "3" is not an int and 1 is not a bool; forbid: a typo in a key is an error.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class Named(BaseModel):
+    """`name` picks a registered thing; the other keys are its options, checked against it
+    where it is built (a model's constructor, a torch.optim class, a source's options)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+    name: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+def _check_device(value: str | None) -> str | None:
+    if value is not None and not DEVICE_PATTERN.match(value):
+        raise ValueError(f"unknown device {value!r}; allowed: {DEVICE_CHOICES}")
+    return value
+
+
+class Paths(Strict):
+    """Where artifacts live, relative to the project root. dvc.yaml builds its paths from
+    these roots too, and tests/test_dvc_yaml.py checks that both agree."""
+
+    raw: str = "data/raw"
+    processed: str = "data/processed"
+    models: str = "models"
+    metrics: str = "metrics"
+    predictions: str = "predictions"
+    plots: str = "plots"
+    logs: str = "logs"
+    reports: str = "reports"
+    resume: str = ".resume"  # resume checkpoints: git-ignored, outside every DVC output
+
+    def raw_dir(self, dataset: str) -> Path:
+        return Path(self.raw) / dataset
+
+    def processed_dir(self, dataset: str) -> Path:
+        return Path(self.processed) / dataset
+
+    def model_dir(self, experiment: str) -> Path:
+        return Path(self.models) / experiment
+
+    def train_live_dir(self, experiment: str) -> Path:
+        """dvclive's directory for training: metrics.json (last epoch) and per-epoch plots."""
+        return Path(self.metrics) / experiment / "train"
+
+    def evaluate_live_dir(self, experiment: str) -> Path:
+        """dvclive's directory for evaluation: metrics.json."""
+        return Path(self.metrics) / experiment / "evaluate"
+
+    def predictions_file(self, experiment: str) -> Path:
+        return Path(self.predictions) / f"{experiment}.csv"
+
+    def plots_dir(self, experiment: str) -> Path:
+        return Path(self.plots) / experiment
+
+    def log_file(self, experiment: str) -> Path:
+        return Path(self.logs) / f"{experiment}.json"
+
+    def resume_dir(self, experiment: str) -> Path:
+        return Path(self.resume) / experiment
+
+
+class Split(Strict):
+    """A seeded train/test split, stratified by label for classification unless told not to."""
+
+    test_size: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    seed: Seed = 0
+    stratify: bool = True
+
+
+# How inputs are scaled before training; statistics come from the training split only.
+#   none: as the source gives them (pixels 0-255, raw feature values)
+#   unit: to [0, 1]: pixels / 255 (torchvision's ToTensor), features by the training min and max
+#   global: one mean and standard deviation over the whole training matrix (pixels / 255 first)
+#   per_feature: a mean and standard deviation per feature column (per pixel for images)
+Normalize = Literal["none", "unit", "global", "per_feature"]
+
+
+class Dataset(Strict):
+    source: Named
+    split: Split | Literal["none"] = Split()
+    normalize: Normalize = "per_feature"
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source_shorthand(cls, value: Any) -> Any:
+        # `source: mnist-5k` is short for `source: {name: mnist-5k}`.
+        return {"name": value} if isinstance(value, str) else value
+
+
+class Train(BaseModel):
+    """The loop's settings; every other key is a keyword option of the torch.optim optimizer
+    named by `optimizer` (momentum, weight_decay, betas, ...), checked against its signature."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True, allow_inf_nan=False)
+    optimizer: str = "adam"
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    batch_size: Annotated[int, Field(ge=1, le=2**20)] = 64
+    epochs: Annotated[int, Field(ge=1, le=100_000)] = 10
+    scheduler: Named | None = None  # a torch.optim.lr_scheduler by name, plus its options
+
+    @property
+    def optimizer_options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Experiment(Strict):
+    dataset: str
+    model: Named
+    train: Train = Train()
+    device: str | None = None  # overrides the global device
+    seed: Seed | None = None  # overrides the global seed
+
+    _device = field_validator("device")(classmethod(lambda cls, v: _check_device(v)))
+
+
+class Params(Strict):
+    """The whole file. The top-level settings have no defaults: dvc.yaml lists them as params
+    or builds the train command from them, and DVC needs each one written in params.yaml."""
+
+    device: str
+    seed: Seed
+    # portable: the same bytes on every x86-64 CPU with AVX2 or AVX-512 and any core count;
+    # host: torch's fastest defaults for this machine (see torchrepro.core.determinism).
+    determinism: Literal["portable", "host"]
+    launcher: Annotated[str, Field(pattern=r"^[^\n]*\S[^\n]*$")]  # the train command's prefix
+    paths: Paths = Paths()
+    datasets: dict[str, Dataset]
+    experiments: dict[str, Experiment]
+
+    _device = field_validator("device")(classmethod(lambda cls, v: _check_device(v)))
+
+    @model_validator(mode="after")
+    def _datasets_exist(self) -> Params:
+        for name, exp in self.experiments.items():
+            if exp.dataset not in self.datasets:
+                raise ParamsError(
+                    f"experiments.{name}.dataset: unknown dataset {exp.dataset!r}; "
+                    f"defined under datasets: {', '.join(sorted(self.datasets))}. "
+                    f"A new dataset needs its own block under datasets: (source, split, normalize)"
+                )
+        return self
+
+    def experiment(self, name: str) -> Experiment:
+        if name not in self.experiments:
+            raise ParamsError(
+                f"unknown experiment {name!r}; defined under experiments: {', '.join(sorted(self.experiments))}"
+            )
+        return self.experiments[name]
+
+    def dataset(self, name: str) -> Dataset:
+        if name not in self.datasets:
+            raise ParamsError(f"unknown dataset {name!r}; defined under datasets: {', '.join(sorted(self.datasets))}")
+        return self.datasets[name]
+
+    def device_for(self, experiment: str) -> str:
+        return self.experiment(experiment).device or self.device
+
+    def seed_for(self, experiment: str) -> int:
+        exp = self.experiment(experiment)
+        return self.seed if exp.seed is None else exp.seed
+
+
+def _locate(loc: tuple) -> tuple[str, type[BaseModel], bool | None]:
+    """Follow an error location through the schema. Returns the key path as written in
+    params.yaml (pydantic inserts the name of the union member it tried: `split.Split.seed`),
+    the model that holds the last key (its keys are what is allowed there) and, when the
+    location ends at a union member, whether that member is a mapping (a model)."""
+    keys: list[str] = []
+    holder, annotation, member = Params, Params, None
+    for part in loc:
+        if str(part).startswith("function-"):
+            continue
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
+            annotation, args = args[0], list(get_args(args[0]))  # Optional[X]: pydantic adds no tag
+        origin, member = get_origin(annotation), None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            holder, field = annotation, annotation.model_fields.get(str(part))
+            annotation = field.annotation if field else None
+        elif origin in (Union, UnionType):  # `part` names the member tried, not a key
+            models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel) and a.__name__ == part]
+            annotation, member = (models[0], True) if models else (None, False)
+            continue
+        else:  # dict[str, X] or list[X]: `part` is a key or an index
+            annotation = args[-1] if args else None
+        keys.append(str(part))
+    return ".".join(keys), holder, member
+
+
+def _relevant(error: dict[str, Any]) -> bool:
+    """Of a union's failed members, keep the one of the input's kind: for `split: {test_size: 2}`
+    the mapping's error, not "should be 'none'"; for `split: all` the other way round."""
+    member = _locate(error["loc"])[2]
+    return member is None or member == isinstance(error.get("input"), dict)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    path, holder, _ = _locate(error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"{path}: unknown key; allowed: {', '.join(sorted(holder.model_fields))}"
+    message = error["msg"].removeprefix("Value error, ")
+    got = error.get("input")
+    if error["type"] != "missing" and not isinstance(got, (dict, list)) and repr(got) not in message:
+        message += f" (got {got!r})"
+    return f"{path}: {message}"
+
+
+def _non_finite(node: Any, path: str = "") -> str | None:
+    """The key path of the first NaN or infinity anywhere in the tree (options included)."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return path or "(top level)"
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, child in children:
+        if (found := _non_finite(child, f"{path}.{key}" if path else str(key))) is not None:
+            return found
+    return None
+
+
+def parse_params(raw: Any, origin: str = "params.yaml") -> Params:
+    """Validate an already-parsed params mapping."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{origin}: expected a mapping at the top level, got {type(raw).__name__}")
+    if (where := _non_finite(raw)) is not None:
+        raise ParamsError(f"{origin}: {where}: must be a finite number, not NaN or infinity")
+    try:
+        return Params.model_validate(raw)
+    except ParamsError as error:
+        raise ParamsError(f"{origin}: {error}") from None
+    except ValidationError as error:
+        errors = [e for e in error.errors() if _relevant(e)] or error.errors()
+        line = f"{origin}: {_describe(errors[0])}"
+        if len(errors) > 1:
+            line += f" (and {len(errors) - 1} more)"
+        raise ParamsError(line) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of duplicate keys without a word; DVC rejects the file. So do we."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: Path, text: str) -> Any:
+    """Parse YAML strictly (duplicate keys are errors); errors give the line and column."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise ParamsError(f"{path}: not valid YAML{where}: {problem}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found; run from the project root or pass --params") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ParamsError(f"{path}: cannot read ({error})") from None
+    return parse_params(read_yaml(path, text), str(path))

@@ -1,0 +1,102 @@
+"""Model checkpoints: model.pt (a state_dict) and model.json (how to rebuild and feed it,
+and the SHA-256 of model.pt, checked on every load).
+
+Bytes are deterministic: equal tensors give an identical model.pt, so DVC sees
+nothing changed downstream when a rerun reproduces the same weights.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchrepro.core.errors import DataError
+from torchrepro.core.io import bytes_digest, write_bytes, write_json
+from torchrepro.models.nets import create_model
+
+
+def to_bytes(obj: Any) -> bytes:
+    """torch.save into memory. Saving to a path would name the zip's inner folder after the
+    file, so a temporary file name would change the bytes; in memory the name is fixed."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def safe_load(path: str | Path, map_location: str | torch.device = "cpu", data: bytes | None = None) -> Any:
+    """torch.load with weights_only=True: refuses pickled objects rather than running them.
+    `data`: the file's bytes, already read (and checked); `path` then only names it."""
+    path = Path(path)
+    try:
+        return torch.load(io.BytesIO(data) if data is not None else path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError as error:
+        reason = _refusal(error)
+        raise DataError(f"{path}: refused to load: holds more than tensors and plain data ({reason})") from None
+    except Exception as error:  # damaged bytes fail in many ways: EOFError, struct.error, IndexError, ...
+        raise DataError(f"{path}: corrupt or truncated checkpoint ({_first_line(error)})") from None
+
+
+def _first_line(error: Exception) -> str:
+    """The start of an error's message for a one-line report; some (EOFError) have none."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+def _refusal(error: Exception) -> str:
+    """torch's refusal is a page of advice; the line naming what the file holds is the one to show."""
+    for line in str(error).splitlines():
+        if "WeightsUnpickler error:" in line:
+            return line.partition("WeightsUnpickler error:")[2].strip().split(". ")[0][:200]
+    return _first_line(error)
+
+
+def save_model(model_dir: str | Path, model: nn.Module, info: dict[str, Any]) -> None:
+    """Write model.pt (CPU tensors) and model.json; each file atomically."""
+    model_dir = Path(model_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    weights = to_bytes(state)
+    write_bytes(model_dir / "model.pt", weights)
+    write_json(model_dir / "model.json", info | {"sha256": bytes_digest(weights)})
+
+
+def load_model(
+    model_dir: str | Path, device: torch.device | str = "cpu", experiment: str | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from model.json and load model.pt into it, safely. Naming the
+    experiment lets a missing model's error give the command that trains it."""
+    model_dir = Path(model_dir)
+    info_path, weights_path = model_dir / "model.json", model_dir / "model.pt"
+    if not info_path.exists() or not weights_path.exists():
+        if experiment is not None:
+            raise DataError(
+                f"experiment {experiment!r} has not been trained yet ({weights_path} not found); "
+                f"train it with: dvc repro train@{experiment}"
+            )
+        raise DataError(f"{model_dir}: no trained model here (model.json and model.pt); run its train stage first")
+    restore = f"restore it with `dvc checkout --force {model_dir}` or retrain with `dvc repro train@{model_dir.name}`"
+    try:
+        info = json.loads(info_path.read_text())
+        weights = weights_path.read_bytes()
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{info_path}: not valid JSON ({error}); {restore}") from None
+    if not isinstance(info, dict) or bytes_digest(weights) != info.get("sha256"):
+        raise DataError(
+            f"{weights_path}: its SHA-256 does not match {info_path.name}: the checkpoint is damaged; {restore}"
+        )
+    try:
+        model = create_model(info["model"], info["input_shape"], info["n_outputs"], **info["model_kwargs"])
+    except (KeyError, TypeError) as error:
+        raise DataError(f"{info_path}: not a model description ({_first_line(error)}); {restore}") from None
+    state = safe_load(weights_path, data=weights)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise DataError(f"{weights_path}: does not fit model {info['model']!r} ({_first_line(error)})") from None
+    return model.to(device).eval(), info

@@ -1,0 +1,185 @@
+"""The plot stage: an experiment's figures with matplotlib (no torch), logged with dvclive.
+
+plots/<experiment>/plots/images/: learning curves, and a confusion-matrix heatmap and
+misclassified digits (classification) or the fitted line (regression); for classification
+also plots/<experiment>/plots/sklearn/confusion_matrix.json, drawn by DVC's confusion
+template. `activations` draws the activation functions the models offer.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+import numpy as np
+
+from torchrepro.core.errors import DataError
+from torchrepro.core.io import atomic_dir, atomic_path
+from torchrepro.core.live import open_live
+from torchrepro.core.params import Params
+from torchrepro.normalize import store
+
+PNG = {"dpi": 100, "metadata": {"Software": None}}  # no version stamp: same figure, same bytes
+
+
+def read_csv(path: str | Path, delimiter: str = ",") -> dict[str, list[str]]:
+    """A small CSV (or TSV) as columns of strings."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f, delimiter=delimiter))
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; run the stages before plot (dvc repro)") from None
+    return {name: [row[name] for row in rows] for name in (rows[0] if rows else [])}
+
+
+def read_history(live_dir: Path) -> dict[str, list[str]]:
+    """The per-epoch metrics dvclive wrote during training, as columns epoch, train_loss, ..."""
+    history: dict[str, list[str]] = {}
+    for split in ("train", "test"):
+        for metric in ("loss", "accuracy"):
+            path = live_dir / "plots" / "metrics" / split / f"{metric}.tsv"
+            if metric == "accuracy" and not path.exists():
+                continue  # regression: loss only
+            columns = read_csv(path, delimiter="\t")
+            history["epoch"] = columns["step"]
+            history[f"{split}_{metric}"] = columns[metric]
+    return history
+
+
+def learning_curves(history: dict[str, list[str]], title: str) -> plt.Figure:
+    """Loss (and accuracy, for classification) per epoch, train against test."""
+    epochs = np.asarray(history["epoch"], dtype=int)
+    panels = ["loss"] + (["accuracy"] if "train_accuracy" in history else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], panels):
+        for split in ("train", "test"):
+            ax.plot(epochs, np.asarray(history[f"{split}_{metric}"], dtype=float), marker=".", label=split)
+        ax.set(xlabel="epoch", ylabel=metric, title=f"{title}: {metric}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def confusion_heatmap(actual: list[str], predicted: list[str], classes: list[str], title: str) -> plt.Figure:
+    """Counts of (true, predicted) pairs; the diagonal is what the model got right."""
+    index = {c: i for i, c in enumerate(classes)}
+    counts = np.zeros((len(classes), len(classes)), dtype=int)
+    np.add.at(counts, ([index[a] for a in actual], [index[p] for p in predicted]), 1)
+    fig, ax = plt.subplots(figsize=(1 + 0.55 * len(classes), 0.8 + 0.5 * len(classes)))
+    ax.imshow(counts, cmap="Blues")
+    for (i, j), n in np.ndenumerate(counts):
+        ax.text(j, i, str(n), ha="center", va="center", fontsize=8, color="white" if n > counts.max() / 2 else "black")
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="actual", title=title)
+    ax.set_xticklabels(classes, rotation=45 if max(map(len, classes)) > 2 else 0)
+    ax.set_yticklabels(classes)
+    fig.tight_layout()
+    return fig
+
+
+def misclassified_grid(images: np.ndarray, actual: list[str], predicted: list[str], limit: int = 36) -> plt.Figure:
+    """Up to `limit` test images the model got wrong, each labelled 'true→predicted'. One
+    tiled image on one axes: 36 subplots would take matplotlib half a second to lay out."""
+    wrong = [i for i, (a, p) in enumerate(zip(actual, predicted)) if a != p][:limit]
+    cols, (h, w) = 6, images.shape[1:]
+    rows = max(1, -(-len(wrong) // cols))
+    cell_h, cell_w = h + h // 2, w + w // 4  # room for the label above each image
+    canvas = np.zeros((rows * cell_h, cols * cell_w))
+    fig, ax = plt.subplots(figsize=(cols * 1.3, rows * 1.5))
+    for n, i in enumerate(wrong):
+        top, left = (n // cols) * cell_h + h // 2, (n % cols) * cell_w
+        canvas[top : top + h, left : left + w] = images[i]
+        ax.text(
+            left + w / 2, top - 1, f"{actual[i]}→{predicted[i]}", ha="center", va="bottom", fontsize=9, color="crimson"
+        )
+    ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=255)
+    ax.axis("off")
+    ax.set_title(f"misclassified: {len(wrong)} shown, {sum(a != p for a, p in zip(actual, predicted))} in all")
+    fig.tight_layout()
+    return fig
+
+
+def regression_fit(x: np.ndarray, y: np.ndarray, metrics: dict[str, Any], labels: tuple[str, str]) -> plt.Figure:
+    """Data points with the learned line and the least-squares line, in the CSV's units."""
+    grid = np.linspace(x.min(), x.max(), 100)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.scatter(x, y, color="black", zorder=3, label="data")
+    learned, exact = metrics, metrics["least_squares"]
+    ax.plot(
+        grid,
+        learned["weight"] * grid + learned["bias"],
+        label=f"SGD: y = {learned['weight']:.4g}x + {learned['bias']:.4g}",
+    )
+    ax.plot(
+        grid,
+        exact["weight"] * grid + exact["bias"],
+        "--",
+        label=f"least squares: y = {exact['weight']:.4g}x + {exact['bias']:.4g}",
+    )
+    ax.set(xlabel=labels[0], ylabel=labels[1], title="learned line against the optimum")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def activations(out: Path) -> None:
+    """The activation functions the models offer on z in [-5, 5], and softmax of a small vector."""
+    z = np.linspace(-5, 5, 201)
+    vector = np.array([2.0, 1.0, 0.1, -1.0])
+    soft = np.exp(vector - vector.max())
+    soft /= soft.sum()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    left.plot(z, 1 / (1 + np.exp(-z)), label="logistic sigmoid")
+    left.plot(z, np.tanh(z), label="tanh")
+    left.plot(z, np.maximum(z, 0), label="ReLU")
+    left.set(xlabel="z", ylabel="activation", ylim=(-1.2, 5.2), title="activation functions")
+    left.grid(alpha=0.3)
+    left.legend()
+    right.bar([f"z={v:g}" for v in vector], soft)
+    for i, p in enumerate(soft):
+        right.text(i, p, f"{p:.3f}", ha="center", va="bottom")
+    right.set(ylabel="probability", title=f"softmax({', '.join(f'{v:g}' for v in vector)})")
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", **PNG)
+    plt.close(fig)
+
+
+def run(params: Params, experiment: str) -> None:
+    """Write plots/<experiment>/ from the training history, the predictions and the metrics."""
+    exp = params.experiment(experiment)
+    paths = params.paths
+    history = read_history(paths.train_live_dir(experiment))
+    predictions = read_csv(paths.predictions_file(experiment))
+    metrics_file = paths.evaluate_live_dir(experiment) / "metrics.json"
+    try:
+        metrics = json.loads(metrics_file.read_text())
+    except (FileNotFoundError, json.JSONDecodeError) as error:
+        raise DataError(f"{metrics_file}: cannot read ({error}); run `dvc repro evaluate@{experiment}`") from None
+    # Classifier figures need only the test split (60,000 training images would be 188 MB);
+    # the regression fit draws the training points. Only classification histories have accuracy.
+    data = store.load(paths.processed_dir(exp.dataset), train="train_accuracy" not in history)
+    meta = data.meta
+    with atomic_dir(paths.plots_dir(experiment)) as out:
+        live = open_live(out)
+        figures = {"learning_curves.png": learning_curves(history, experiment)}
+        if meta["task"] == "classification":
+            actual, predicted = predictions["actual"], predictions["predicted"]
+            figures["confusion.png"] = confusion_heatmap(actual, predicted, meta["classes"], experiment)
+            live.log_sklearn_plot("confusion_matrix", actual, predicted, name="confusion_matrix.json")
+            if meta["kind"] == "image":
+                pixels = store.unapply(data.x_test, meta)[:, 0]
+                figures["misclassified.png"] = misclassified_grid(pixels, actual, predicted)
+        elif "weight" in metrics and len(meta["feature_names"]) == 1:
+            # The points the line was fitted to, back in the CSV's units.
+            x = store.unapply(data.x_train, meta)[:, 0]
+            figures["fit.png"] = regression_fit(x, data.y_train, metrics, (meta["feature_names"][0], meta["target"]))
+        for name, fig in figures.items():
+            live.log_image(name, fig)  # dvclive saves and closes the figure

@@ -1,0 +1,192 @@
+"""The training loop: the whole split lives on the device as tensors and is shuffled once per
+epoch with a seeded generator, so no per-sample Python work runs in the loop.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from torchrepro.core.errors import UserError
+from torchrepro.models.inference import EVAL_BATCH, loss_fn, predict
+from torchrepro.train.optim import Schedule
+
+CHUNK_BYTES = 8 << 20  # how much of the shuffled training set to gather at a time
+
+
+class TrainingDiverged(UserError):
+    """The loss stopped being a finite number: the model would be garbage."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Split:
+    """One split as tensors on the training device."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    @classmethod
+    def from_numpy(cls, x: np.ndarray, y: np.ndarray, device: torch.device) -> Split:
+        return cls(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class Trainer:
+    """A model, its optimizer (and schedule) and its data on one device: all an epoch needs."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    train: Split
+    test: Split
+    task: str
+    batch_size: int
+    seed: int
+    schedule: Schedule | None = None
+    shuffle: torch.Generator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.loss = loss_fn(self.task)
+        sample_bytes = self.train.x[:1].nbytes or 1
+        self.chunk = max(1, CHUNK_BYTES // sample_bytes // self.batch_size) * self.batch_size
+        # Its own generator, so the batch order does not depend on dropout's draws.
+        self.shuffle = torch.Generator(device=self.train.x.device).manual_seed(self.seed)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.train) // self.batch_size)
+
+    def train_epoch(self, progress: tqdm | None = None) -> tuple[float, float | None]:
+        """One pass over a fresh permutation; returns mean loss and accuracy (None for regression)."""
+        self.model.train()
+        n, device = len(self.train), self.train.x.device
+        perm = torch.randperm(n, generator=self.shuffle, device=device)
+        # Per-step results go into buffers on the device: one copy op each, no .item() sync.
+        losses = torch.empty(self.steps_per_epoch, device=device)
+        predictions = torch.empty(n if self.task == "classification" else 0, dtype=torch.long, device=device)
+        step = 0
+        for chunk_start in range(0, n, self.chunk):
+            # Gather a chunk of whole batches at once; the batches inside are views of it.
+            # Chunks bound the extra memory (a full copy of 60,000 images would be 188 MB).
+            index = perm[chunk_start : chunk_start + self.chunk]
+            x, y = self.train.x[index], self.train.y[index]
+            for start in range(0, len(index), self.batch_size):
+                xb, yb = x[start : start + self.batch_size], y[start : start + self.batch_size]
+                out = self.model(xb)
+                loss = self.loss(out, yb)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                if self.schedule is not None:
+                    self.schedule.after_batch()
+                losses[step] = loss.detach()
+                if self.task == "classification":
+                    predictions[chunk_start + start : chunk_start + start + len(yb)] = out.argmax(1)
+                step += 1
+                if progress is not None:
+                    progress.update(1)
+        sizes = torch.tensor([min(self.batch_size, n - s) for s in range(0, n, self.batch_size)], device=device)
+        mean_loss = (losses * sizes).sum().item() / n
+        if self.task == "classification":
+            return mean_loss, (predictions == self.train.y[perm]).sum().item() / n
+        return mean_loss, None
+
+    def snapshot(self, history: list[dict]) -> dict:
+        """Everything needed to continue exactly where this epoch ended: weights, optimizer,
+        scheduler, every random generator and the history so far. Plain tensors and data only."""
+        numpy_state = np.random.get_state()
+        state = {
+            "epoch": len(history),
+            "history": history,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "shuffle_rng": self.shuffle.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+            "numpy_rng": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+        }
+        if self.schedule is not None:
+            state["scheduler"] = self.schedule.scheduler.state_dict()
+        if self.train.x.is_cuda:
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.train.x.device)
+        return state
+
+    def restore(self, state: dict) -> list[dict]:
+        """Load a snapshot; returns its history."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.schedule is not None:
+            self.schedule.scheduler.load_state_dict(state["scheduler"])
+        self.shuffle.set_state(state["shuffle_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        name, keys, *rest = state["numpy_rng"]
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+        if "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.train.x.device)
+        return list(state["history"])
+
+    @torch.no_grad()
+    def evaluate(self, split: Split, batch_size: int = EVAL_BATCH) -> tuple[float, float | None]:
+        """Mean loss and accuracy on a split, in eval mode (dropout off)."""
+        out = predict(self.model, split.x, batch_size)
+        loss = self.loss(out, split.y).item()
+        if self.task != "classification":
+            return loss, None
+        return loss, (out.argmax(1) == split.y).sum().item() / len(split)
+
+
+def history_row(epoch: int, train: tuple, test: tuple) -> dict[str, float]:
+    """One epoch's results; accuracy only for classification."""
+    row = {"epoch": epoch, "train_loss": train[0], "test_loss": test[0]}
+    if train[1] is not None:
+        row |= {"train_accuracy": train[1], "test_accuracy": test[1]}
+    return row
+
+
+def fit(
+    trainer: Trainer,
+    epochs: int,
+    history: list[dict] | None = None,
+    on_epoch_end: Callable[[int, list[dict]], None] | None = None,
+    progress: bool = True,
+) -> tuple[list[dict], list[float]]:
+    """Train from len(history)+1 to `epochs`; returns the history and each epoch's loop seconds.
+    A loss that is no longer finite stops training with an error: the model would be garbage."""
+    history = list(history or [])
+    seconds: list[float] = []
+    for epoch in range(len(history) + 1, epochs + 1):
+        bar = tqdm(total=trainer.steps_per_epoch, desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not progress)
+        with bar:
+            started = time.perf_counter()
+            train = trainer.train_epoch(bar)  # .item() inside synchronizes the device
+            seconds.append(time.perf_counter() - started)
+            test = trainer.evaluate(trainer.test)
+            if not (math.isfinite(train[0]) and math.isfinite(test[0])):
+                raise TrainingDiverged(
+                    f"training diverged at epoch {epoch}: the loss is {train[0]} (train), {test[0]} (test); "
+                    "lower train.lr or change the optimizer's options"
+                )
+            history.append(history_row(epoch, train, test))
+            bar.set_postfix({k: f"{v:.4f}" for k, v in history[-1].items() if k != "epoch"})
+        if trainer.schedule is not None:
+            trainer.schedule.after_epoch(test[0])
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, history)
+    return history, seconds

@@ -1,0 +1,137 @@
+"""Resume checkpoints: survive a killed training run and finish with the same result.
+
+One file per (experiment, params, data) fingerprint under .resume/<experiment>/, outside
+every DVC output so DVC's run-cache keeps working. Written atomically at the end of an
+epoch, the last epoch included: a kill after training but before DVC records the stage
+costs nothing, since the next run writes the outputs from the final checkpoint.
+
+A file is a header line (JSON: format, SHA-256 of the rest, fingerprint, epoch) and a
+torch.save archive. torch does not check its archive's CRCs, so the digest is what catches
+damage; a damaged or mismatched checkpoint is ignored with a warning and training starts
+over. Checkpoints nobody can use any more are removed: damaged ones, those of another torch
+version or snapshot layout, finished ones of other params (DVC's run-cache holds their
+results), and all but the newest few unfinished ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from torchrepro.core.errors import DataError, ParamsError
+from torchrepro.core.io import bytes_digest, write_bytes
+from torchrepro.models.checkpoint import safe_load, to_bytes
+
+FORMAT = "torchrepro-resume"
+# Seconds between resume checkpoints, from the environment: it cannot change results, so it is
+# no DVC param (editing it reruns nothing). 0: at the end of every epoch.
+INTERVAL_ENV = "TORCHREPRO_CHECKPOINT_EVERY_S"
+KEEP_UNFINISHED = 3  # checkpoints of other params kept for a return to them
+
+
+def interval_from_env() -> float:
+    """TORCHREPRO_CHECKPOINT_EVERY_S as seconds (0 when unset)."""
+    text = os.environ.get(INTERVAL_ENV, "0")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ParamsError(f"{INTERVAL_ENV}={text!r}: expected seconds, a number >= 0")
+    return seconds
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def read_header(path: Path) -> tuple[dict[str, Any], bytes]:
+    """The header and the archive bytes of a checkpoint file, digest checked."""
+    data = path.read_bytes()
+    line, newline, payload = data.partition(b"\n")
+    try:
+        header = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        header = None
+    if not newline or not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise DataError(f"{path}: not a resume checkpoint")
+    if header.get("sha256") != bytes_digest(payload):
+        raise DataError(f"{path}: damaged: its SHA-256 does not match its header")
+    return header, payload
+
+
+class ResumeStore:
+    """Save, find and tidy the resume checkpoints of one experiment."""
+
+    def __init__(self, directory: str | Path, fingerprint: dict[str, Any], epochs: int, every_s: float = 0.0):
+        self.directory = Path(directory)
+        # As plain JSON data: a str subclass such as torch.__version__ (TorchVersion) would be
+        # pickled as its class, and weights_only loading then refuses the whole checkpoint.
+        self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))
+        key = hashlib.sha256(json.dumps(self.fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+        self.path = self.directory / f"{key}.pt"
+        self.epochs = epochs
+        self.every_s = every_s
+        self._last_save = time.monotonic()
+
+    def load(self) -> dict[str, Any] | None:
+        """The matching checkpoint's state, or None (with a warning when one is ignored)."""
+        self._tidy()
+        if not self.path.exists():
+            return None
+        try:
+            header, payload = read_header(self.path)
+            state = safe_load(self.path, data=payload)
+        except DataError as error:
+            warn(f"ignoring resume checkpoint: {error}; starting over")
+            self.path.unlink(missing_ok=True)
+            return None
+        if header.get("fingerprint") != self.fingerprint or not isinstance(state, dict):
+            warn(f"ignoring resume checkpoint {self.path}: its fingerprint does not match; starting over")
+            return None
+        return state
+
+    def _tidy(self) -> None:
+        """Remove the other checkpoints that no run can use any more."""
+        unfinished = []
+        for other in self.directory.glob("*.pt"):
+            if other == self.path:
+                continue
+            try:
+                header, _ = read_header(other)
+            except (DataError, OSError) as error:
+                warn(f"removing resume checkpoint: {error}")
+                other.unlink(missing_ok=True)
+                continue
+            theirs = header.get("fingerprint", {})
+            stale = any(theirs.get(k) != self.fingerprint.get(k) for k in ("torch", "snapshot"))
+            if stale or header.get("epoch") == header.get("epochs"):
+                other.unlink(missing_ok=True)
+            else:
+                unfinished.append(other)
+        for old in sorted(unfinished, key=lambda p: p.stat().st_mtime)[:-KEEP_UNFINISHED]:
+            old.unlink(missing_ok=True)
+
+    def save(self, state: dict[str, Any], epoch: int) -> bool:
+        """Write the state atomically: at the last epoch always, else unless less than every_s
+        seconds passed since the last write."""
+        final = epoch == self.epochs
+        if not final and self.every_s and time.monotonic() - self._last_save < self.every_s:
+            return False
+        payload = to_bytes(state)
+        header = {
+            "format": FORMAT,
+            "sha256": bytes_digest(payload),
+            "fingerprint": self.fingerprint,
+            "epoch": epoch,
+            "epochs": self.epochs,
+        }
+        write_bytes(self.path, json.dumps(header, sort_keys=True).encode() + b"\n" + payload)
+        self._last_save = time.monotonic()
+        return True

@@ -1,0 +1,136 @@
+"""The train stage: fit one experiment's model on its processed dataset.
+
+Writes models/<experiment>/ (model.pt, model.json), dvclive's per-epoch metrics in
+metrics/<experiment>/train/ and logs/<experiment>.json (wall-clock seconds, device).
+A killed run resumes from .resume/ (resume.py) and ends with the same bytes.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from torchrepro.core import determinism
+from torchrepro.core.devices import describe, resolve_device
+from torchrepro.core.io import file_digest, write_json
+from torchrepro.core.live import open_live
+from torchrepro.core.params import Params
+from torchrepro.models.checkpoint import save_model
+from torchrepro.models.nets import count_parameters, create_model
+from torchrepro.normalize import store
+from torchrepro.train.loop import Split, Trainer, fit, seed_everything
+from torchrepro.train.optim import make_optimizer, make_schedule
+from torchrepro.train.resume import ResumeStore, interval_from_env
+
+SNAPSHOT_LAYOUT = 3  # bump when Trainer.snapshot() changes: older resume files are then removed
+PACKAGE = Path(__file__).resolve().parents[1]
+# The code that shapes a training run: resuming from a checkpoint made by other code is not safe.
+TRAINING_CODE = ("core", "models", "train", "normalize/store.py")
+
+
+def code_digest() -> str:
+    """SHA-256 over the training code's Python files, in a fixed order."""
+    files = sorted(
+        f
+        for part in TRAINING_CODE
+        for f in ([PACKAGE / part] if part.endswith(".py") else (PACKAGE / part).rglob("*.py"))
+    )
+    return file_digest(*files)
+
+
+def log_epoch(live, row: dict[str, float]) -> None:
+    """One epoch's losses (and accuracies) as dvclive metrics train/... and test/..., step = epoch."""
+    live.step = row["epoch"]
+    for name, value in row.items():
+        if name != "epoch":
+            split, _, metric = name.partition("_")
+            live.log_metric(f"{split}/{metric}", float(f"{value:.6g}"))  # 6 digits: diffs show change, not noise
+    live.next_step()
+
+
+def run(params: Params, experiment: str, progress: bool = True) -> dict:
+    """Train one experiment from params.yaml; writes its model, metrics and log. Returns the log."""
+    exp = params.experiment(experiment)
+    key = f"experiments.{experiment}"
+    device = resolve_device(params.device_for(experiment), key=f"{key}.device" if exp.device else "device")
+    settings = determinism.apply(params.determinism, device)
+    paths = params.paths
+    data = store.load(paths.processed_dir(exp.dataset))
+    meta, seed = data.meta, params.seed_for(experiment)
+    n_outputs = len(meta["classes"]) if meta["task"] == "classification" else 1
+
+    seed_everything(seed)  # before the model exists: its initial weights come from this seed
+    model = create_model(exp.model.name, meta["input_shape"], n_outputs, key=f"{key}.model", **exp.model.options)
+    model.to(device)
+    optimizer = make_optimizer(model.parameters(), exp.train, device, key=f"{key}.train")
+    trainer = Trainer(
+        model,
+        optimizer,
+        Split.from_numpy(data.x_train, data.y_train, device),
+        Split.from_numpy(data.x_test, data.y_test, device),
+        meta["task"],
+        exp.train.batch_size,
+        seed,
+    )
+    trainer.schedule = make_schedule(optimizer, exp.train, trainer.steps_per_epoch, key=f"{key}.train")
+
+    fingerprint = {
+        "params": exp.model_dump(mode="json"),
+        "seed": seed,
+        "device": str(device),
+        "determinism": params.determinism,
+        "data": meta["sha256"],
+        "torch": str(torch.__version__),
+        "code": code_digest(),
+        "snapshot": SNAPSHOT_LAYOUT,
+    }
+    resume = ResumeStore(paths.resume_dir(experiment), fingerprint, exp.train.epochs, interval_from_env())
+    history: list[dict] = []
+    if (state := resume.load()) is not None:
+        history = trainer.restore(state)
+        print(f"{experiment}: resumed from epoch {len(history)} ({resume.path})", file=sys.stderr)
+
+    live = open_live(paths.train_live_dir(experiment))
+    for row in history:  # replayed, so the files read as if the run had never stopped
+        log_epoch(live, row)
+
+    def end_of_epoch(epoch: int, history: list[dict]) -> None:
+        log_epoch(live, history[-1])
+        resume.save(trainer.snapshot(history), epoch)
+
+    resumed_from = len(history)
+    history, seconds = fit(trainer, exp.train.epochs, history, end_of_epoch, progress)
+    live.end()
+
+    info = {
+        "experiment": experiment,
+        "dataset": exp.dataset,
+        "model": exp.model.name,
+        "model_kwargs": exp.model.options,
+        "input_shape": meta["input_shape"],
+        "n_outputs": n_outputs,
+        "task": meta["task"],
+        "classes": meta["classes"],
+        "feature_names": meta["feature_names"],
+        "normalize": meta["normalize"],
+        "params": exp.model_dump(mode="json"),
+        "seed": seed,
+        "determinism": params.determinism,
+        "n_parameters": count_parameters(model),
+        "torch_version": str(torch.__version__),
+    }
+    save_model(paths.model_dir(experiment), model, info)
+    log = {
+        "experiment": experiment,
+        "device": str(device),
+        "device_name": describe(device),
+        **settings,
+        "resumed_from_epoch": resumed_from,
+        "epochs_run": len(seconds),
+        "train_seconds": round(sum(seconds), 4),
+        "seconds_per_epoch": [round(s, 4) for s in seconds],
+    }
+    write_json(paths.log_file(experiment), log)
+    return log
