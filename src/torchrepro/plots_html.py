@@ -19,12 +19,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-# DVC's plot templates declare the Vega-Lite v5 schema, and vega-embed warns when a spec's major
-# version differs from the library's: bundle the newest v5 that vl-convert-python ships.
+# DVC's plot templates are written for Vega-Lite v5 (their `$schema`): bundle the newest v5 that
+# vl-convert-python ships rather than its default v6. Its vega is 6, which runs v5 specs.
 VEGA_LITE_VERSION = "v5.21"
 
-# What DVC replaces in a template (dvc_render.html.HTML.embed), and what would end the inline
-# <script> early: the bundle must contain none of these.
+# What DVC replaces anywhere in a template (dvc_render.html.HTML.embed), and what an inline
+# <script> cannot hold as plain text: the bundle must contain none of these.
 FORBIDDEN_IN_BUNDLE = ("{plot_divs}", "{scripts}", "{refresh_tag}", "</script", "<!--")
 
 PAGE = """<!DOCTYPE html>
