@@ -50,7 +50,7 @@ def use_fashion_mnist(repo: Path, local_dir: Path | None, epochs: int | None = N
     path = repo / "params.yaml"
     params = yaml.safe_load(path.read_text())
     params["device"] = device
-    params["datasets"]["fashion-mnist"] = {"source": fashion_source(local_dir)}
+    params["datasets"]["fashion-mnist"] = {"source": fashion_source(local_dir), "normalize": "global"}
     for name in IMAGE_EXPERIMENTS:
         params["experiments"][name]["dataset"] = "fashion-mnist"
         if epochs is not None:

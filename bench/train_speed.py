@@ -1,10 +1,12 @@
-"""Training speed: torchrepro's loop against the classic tutorial loop, side by side.
+"""Training speed: torchrepro's loop against the classic tutorial loop, side by side, and the
+cost of `determinism: portable` against `host`.
 
 The classic loop is the one most PyTorch tutorials teach: a Dataset that turns one
 uint8 image at a time into a tensor (PIL -> ToTensor -> Normalize) behind a
-DataLoader with shuffle=True. Ours is torchrepro.train.Trainer, the code `dvc repro`
-runs. Both train the same recipe (model, optimizer, batch size, epochs, seed) on the
-same data; each side runs in its own subprocess so peak memory is its own.
+DataLoader with shuffle=True, under torch's defaults. Ours is torchrepro's Trainer, the
+code `dvc repro` runs, once under each determinism mode. All three train the same recipe
+(model, torch.optim optimizer, batch size, epochs, seed) on the same data; each runs in its
+own subprocess, so its environment (set before torch is imported) and peak memory are its own.
 
 Data: Fashion-MNIST from /usr/share/datasets/fashion-mnist (Debian's
 dataset-fashion-mnist) when present, else the 4,000 training digits of mnist-5k
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -50,7 +53,7 @@ RECIPES = {
 def load_data() -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(description, train images uint8 (N,28,28), train labels, test images, test labels)."""
     if FASHION_DIR.is_dir():
-        from torchrepro.webdata import FashionMnistOptions, FashionMnistSource
+        from torchrepro.download.mnist import FashionMnistOptions, FashionMnistSource
 
         table = FashionMnistSource.load(FashionMnistOptions(), FASHION_DIR)
         train, test = ~table.is_test, table.is_test
@@ -92,8 +95,8 @@ def classic(recipe: dict, work: Path, epochs: int, device: str, seed: int) -> di
     from PIL import Image
     from torchvision import transforms
 
-    from torchrepro.models import create_model
-    from torchrepro.params import Train
+    from torchrepro.core.params import Train
+    from torchrepro.models.nets import create_model
 
     with np.load(work / "raw.npz") as raw:
         x_train, y_train, x_test, y_test = (raw[k] for k in ("x_train", "y_train", "x_test", "y_test"))
@@ -113,10 +116,10 @@ def classic(recipe: dict, work: Path, epochs: int, device: str, seed: int) -> di
     torch.manual_seed(seed)
     model = create_model(recipe["model"]["name"], [1, 28, 28], 10, **_kwargs(recipe)).to(device)
     cfg = Train(**recipe["train"])
-    if cfg.optimizer == "sgd":  # the tutorial's torch.optim; the recipes use only these two
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
-    else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    # As the tutorials write it: the torch.optim class by hand.
+    optimizer = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[cfg.optimizer](
+        model.parameters(), lr=cfg.lr, **cfg.optimizer_options
+    )
     loader = torch.utils.data.DataLoader(Images(x_train, y_train), batch_size=cfg.batch_size, shuffle=True)
     seconds = []
     for _ in range(epochs):
@@ -138,24 +141,25 @@ def classic(recipe: dict, work: Path, epochs: int, device: str, seed: int) -> di
     return {"seconds": seconds, "accuracy": correct / len(y_test)}
 
 
-def ours(recipe: dict, work: Path, epochs: int, device: str, seed: int) -> dict:
+def ours(recipe: dict, work: Path, epochs: int, device: str, seed: int, mode: str) -> dict:
     """torchrepro's train stage path: load the processed split, Trainer + fit on the device."""
-    from torchrepro import normalize
-    from torchrepro.allocator import fix_malloc_thresholds
-    from torchrepro.devices import resolve_device
-    from torchrepro.models import create_model
-    from torchrepro.params import Train
-    from torchrepro.train import Split, Trainer, fit, make_optimizer, seed_everything
+    from torchrepro.core import determinism
+    from torchrepro.core.devices import resolve_device
+    from torchrepro.core.params import Train
+    from torchrepro.models.nets import create_model
+    from torchrepro.normalize import store
+    from torchrepro.train.loop import Split, Trainer, fit, seed_everything
+    from torchrepro.train.optim import make_optimizer
 
-    fix_malloc_thresholds()  # as train.run does
-    data = normalize.load(work / "processed")
     dev = resolve_device(device)
+    determinism.apply(mode, dev)  # as the train stage does
+    data = store.load(work / "processed")
     seed_everything(seed)
     model = create_model(recipe["model"]["name"], [1, 28, 28], 10, **_kwargs(recipe)).to(dev)
     cfg = Train(**recipe["train"])
     trainer = Trainer(
         model,
-        make_optimizer(model, cfg),
+        make_optimizer(model.parameters(), cfg, dev),
         Split.from_numpy(data.x_train, data.y_train, dev),
         Split.from_numpy(data.x_test, data.y_test, dev),
         "classification",
@@ -167,15 +171,15 @@ def ours(recipe: dict, work: Path, epochs: int, device: str, seed: int) -> dict:
 
 
 def prepare_work(work: Path) -> str:
-    """Write the data once for both sides: raw uint8 arrays and the normalize stage's output."""
-    from torchrepro import normalize
-    from torchrepro.datasets import image_table
+    """Write the data once for all sides: raw uint8 arrays and the normalize stage's output."""
+    from torchrepro.download.sources import image_table
+    from torchrepro.normalize import prepare, store
 
     description, x_train, y_train, x_test, y_test = load_data()
     np.savez(work / "raw.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     is_test = np.r_[np.zeros(len(y_train), bool), np.ones(len(y_test), bool)]
     table = image_table(np.concatenate([x_train, x_test]), np.concatenate([y_train, y_test]), work, is_test)
-    normalize.save(normalize.prepare(table, None, 0, "standardize"), work / "processed")
+    store.save(prepare.prepare(table, None, 0, "global"), work / "processed")  # as the classic side
     return description
 
 
@@ -190,15 +194,27 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+SIDES = ("classic", "host", "portable")  # the tutorial loop; ours under each determinism mode
+
+
 def worker(args: argparse.Namespace) -> None:
     """Run one side in this process and print its result as JSON."""
-    run = classic if args.worker == "classic" else ours
-    result = run(RECIPES[args.recipes[0]], Path(args.work), args.epochs, args.device, args.seed)
+    recipe, work = RECIPES[args.recipes[0]], Path(args.work)
+    if args.worker == "classic":
+        result = classic(recipe, work, args.epochs, args.device, args.seed)
+    else:
+        result = ours(recipe, work, args.epochs, args.device, args.seed, mode=args.worker)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
 
 def side(name: str, recipe: str, work: Path, args: argparse.Namespace) -> dict:
+    """One side in a fresh process: portable's settings must be in place before torch is imported."""
+    from torchrepro.core import determinism
+
+    env = {k: v for k, v in os.environ.items() if k not in determinism.PORTABLE_ENV}
+    if name == "portable":
+        determinism.prepare_environment("portable", env)
     command = [
         sys.executable,
         __file__,
@@ -215,14 +231,14 @@ def side(name: str, recipe: str, work: Path, args: argparse.Namespace) -> dict:
         "--seed",
         str(args.seed),
     ]
-    out = subprocess.run(command, check=True, capture_output=True, text=True)
+    out = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def device_name(device: str) -> str:
     import torch
 
-    from torchrepro.devices import describe, resolve_device
+    from torchrepro.core.devices import describe, resolve_device
 
     return describe(resolve_device(device)) + f", torch {torch.__version__}"
 
@@ -233,7 +249,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="epochs per side (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--worker", choices=["classic", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -247,20 +263,26 @@ def main() -> None:
 
 
 def compare(args: argparse.Namespace, work: Path) -> None:
-    """Print one row per recipe: both sides' seconds per epoch, speedup, accuracy, peak memory."""
+    """One row per recipe: seconds per epoch of each side, ours (host) against the classic
+    loop, portable against host, accuracy and peak memory."""
     description = prepare_work(work)
     print(f"device: {device_name(args.device)}; epochs per side: {args.epochs}")
     print(f"data: {description}")
+    print("host: torch's defaults (all cores, oneDNN, widest vectors); portable: 1 thread, AVX2, MKL COMPATIBLE")
     print("peak memory: the whole worker process (maximum resident set size), data included")
-    header = f"{'recipe':<12} {'classic s/epoch':>15} {'ours s/epoch':>12} {'speedup':>8} {'classic acc':>11} {'ours acc':>9} {'classic MiB':>11} {'ours MiB':>9}"
+    header = (
+        f"{'recipe':<12} {'classic s/ep':>12} {'host s/ep':>10} {'portable s/ep':>13} {'host vs classic':>15}"
+        f" {'portable cost':>13} {'acc classic/host/portable':>26} {'MiB classic/host/portable':>26}"
+    )
+    print(header)
     for recipe in args.recipes:
-        slow, fast = side("classic", recipe, work, args), side("ours", recipe, work, args)
-        if recipe == args.recipes[0]:
-            print(header)
-        s, f = statistics.median(slow["seconds"]), statistics.median(fast["seconds"])
+        runs = {name: side(name, recipe, work, args) for name in SIDES}
+        s = {name: statistics.median(run["seconds"]) for name, run in runs.items()}
+        accuracy = "/".join(f"{runs[n]['accuracy']:.4f}" for n in SIDES)
+        memory = "/".join(f"{runs[n]['peak_rss_mib']:.0f}" for n in SIDES)
         print(
-            f"{recipe:<12} {s:>15.3f} {f:>12.3f} {s / f:>7.1f}x {slow['accuracy']:>11.4f} {fast['accuracy']:>9.4f}"
-            f" {slow['peak_rss_mib']:>11.0f} {fast['peak_rss_mib']:>9.0f}",
+            f"{recipe:<12} {s['classic']:>12.3f} {s['host']:>10.3f} {s['portable']:>13.3f}"
+            f" {s['classic'] / s['host']:>14.1f}x {s['portable'] / s['host']:>12.2f}x {accuracy:>26} {memory:>26}",
             flush=True,
         )
 

@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -232,13 +233,34 @@ class Background:
             self.process.wait()
 
 
-def start_fresh_clone(origin: Repo, dest: Path) -> Background:
+def start_fresh_clone(origin: Repo, dest: Path, threads: str | None = "1") -> Background:
     """`git clone` of origin (no DVC cache, no outputs) without the committed metrics, so every
-    stage must write its files anew; then `dvc repro` in the background."""
+    stage must write its files anew; then `dvc repro` in the background. threads=None leaves
+    the stages the host's own thread count."""
     clone = origin.clone(dest)
+    if threads is None:
+        clone.env.pop("OMP_NUM_THREADS")
     for rel in clone.git("ls-files", "metrics").stdout.split():
         (clone / rel).unlink()
     return Background(clone, "repro")
+
+
+DEFAULT_PIPELINE = pytest.StashKey[Background]()
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected what will not run
+def pytest_collection_modifyitems(session, config, items):
+    """The shipped pipeline's full `dvc repro` (test_default_pipeline.py) is the longest test:
+    start it as soon as the tests are collected, so that it runs on the second core beside all
+    the others, and check it last. It clones the commit, never the working tree."""
+    wanted = [item for item in items if item.path.name == "test_default_pipeline.py"]
+    if not wanted:
+        return
+    items[:] = [item for item in items if item not in wanted] + wanted
+    where = Path(tempfile.mkdtemp(prefix="torchrepro-default-pipeline-"))
+    background = start_fresh_clone(Repo(PROJECT), where / "clone", threads=None)
+    config.stash[DEFAULT_PIPELINE] = background
+    config.add_cleanup(lambda: (background.stop(), shutil.rmtree(where, ignore_errors=True)))
 
 
 @pytest.fixture(scope="session")
