@@ -72,11 +72,11 @@ def push_run_outputs(remote: str | None = None, jobs: int | None = None, check_s
     from dvc.repo import Repo
 
     with Repo() as repo:
+        name = repo.cloud.get_remote(remote, "push").name  # fails now if there is none
         records = run_records(repo)
         hash_infos = outputs_to_share(repo, records)
-        resent = resend_short_objects(repo, hash_infos, remote) if check_sizes else 0
-        result = repo.cloud.push(hash_infos, jobs=jobs, remote=remote)
-        name = remote or repo.config["core"].get("remote")
+        resent = resend_short_objects(repo, hash_infos, name) if check_sizes else 0
+        result = repo.cloud.push(hash_infos, jobs=jobs, remote=name)
     if result.failed:
         raise RuntimeError(f"{len(result.failed)} objects failed to upload to remote '{name}'")
     summary = f"{len(result.transferred)} objects pushed to remote '{name}'"
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(push_run_outputs(args.remote, args.jobs, args.check_sizes))
     except Exception as exc:  # noqa: BLE001 (DVC, its plugins and their servers raise many kinds)
-        print(f"error: {exc}", file=sys.stderr)
+        print("error:", " ".join(str(exc).split()), file=sys.stderr)  # DVC's hints span lines
         return 1
     return 0
 
