@@ -5,7 +5,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 # dvc.yaml runs `python stages/...`: put the project's venv first on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup repro test test-all bench clean
+.PHONY: setup repro test test-all test-remotes test-ssh bench clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,16 @@ test: setup  ## the default test suite (what CI runs)
 
 test-all: setup  ## also the slow tests
 	pytest -m ""
+
+test-remotes: setup  ## every DVC remote test, slow ones included (SSH skips without sshd: test-ssh)
+	pytest -m "" tests/e2e/test_remotes.py
+
+# Debian's package, not pip's: apt does not start the service where there is no init system or
+# policy-rc.d forbids it (as in containers); the tests start their own sshd on 127.0.0.1.
+test-ssh: setup  ## installs openssh-server (root, apt) and runs the SSH remote tests
+	test -x /usr/sbin/sshd || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends openssh-server; }
+	pytest -m "" tests/e2e/test_remotes.py -k ssh
 
 bench: setup  ## speed against the classic DataLoader loop, train-stage memory, pipeline overhead
 	python bench/train_speed.py
