@@ -147,8 +147,8 @@ class WebDAVServer(ServerProcess):
 
 
 class S3Server(ServerProcess):
-    """SeaweedFS in one process (master, volume, filer, S3 gateway), with one identity allowed to
-    read, write and list `bucket` and nothing else: it cannot create buckets."""
+    """SeaweedFS in one process (master, volume, filer, S3 gateway) and one identity that may
+    read, write and list but not administer: `bucket` exists, and it cannot create others."""
 
     name = "SeaweedFS"
 
@@ -165,13 +165,10 @@ class S3Server(ServerProcess):
         return shutil.which("weed", path=str(BIN))
 
     def command(self) -> list[str]:
+        # No "Admin": creating buckets is an administrator's job (-bucket makes ours at start-up)
         actions = ["Read", "Write", "List", "Tagging"]
-        identities = {
-            "identities": [
-                {"name": "team", "credentials": [{"accessKey": self.key, "secretKey": self.secret}], "actions": actions},
-                # the bucket is created at start-up by the server itself, as an administrator would
-            ]
-        }
+        identity = {"name": "team", "credentials": [{"accessKey": self.key, "secretKey": self.secret}], "actions": actions}
+        identities = {"identities": [identity]}
         config = self.dir / "s3.json"
         config.write_text(json.dumps(identities))
         data = self.dir / "data"
@@ -271,8 +268,9 @@ class SSHServer(ServerProcess):
             "UsePAM no\nStrictModes no\nMaxStartups 64\nMaxSessions 64\n"
             "Subsystem sftp internal-sftp\n"
         )
-        # sshd wants its privilege-separation directory; the package makes it only when started as a service
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        # sshd run as root wants its privilege-separation directory, which only the service makes
+        if os.geteuid() == 0:
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         return [sshd_path() or "sshd", "-D", "-e", "-f", str(config)]
 
     def ready(self) -> bool:
