@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 # The page template that lets `dvc plots show` render without a network (docs/plots.md).
 PLOTS_TEMPLATE := .dvc/plots_offline.html
 
-.PHONY: setup repro test lint test-all test-browser browser bench clean
+.PHONY: setup repro test lint test-all test-browser browser test-remotes test-ssh bench clean
 
 setup: $(VENV)/.installed $(PLOTS_TEMPLATE)
 
@@ -30,8 +30,8 @@ test: setup lint browser  ## the default test suite (what CI runs)
 	pytest
 
 lint: setup  ## ruff: the style is the formatter's and the linter's, not a reviewer's
-	ruff format --check src stages tests bench
-	ruff check src stages tests bench
+	ruff format --check src stages tests bench scripts
+	ruff check src stages tests bench scripts
 
 test-browser: setup browser  ## only the check that `dvc plots show` pages render offline
 	pytest tests/e2e/test_plots_offline.py
@@ -46,6 +46,16 @@ browser:
 
 test-all: setup browser  ## also the slow tests
 	pytest -m ""
+
+test-remotes: setup  ## every DVC remote test, slow ones included (SSH skips without sshd: test-ssh)
+	pytest -m "" tests/e2e/test_remotes.py
+
+# Debian's package, not pip's: apt does not start the service where there is no init system or
+# policy-rc.d forbids it (as in containers); the tests start their own sshd on 127.0.0.1.
+test-ssh: setup  ## installs openssh-server (root, apt) and runs the SSH remote tests
+	test -x /usr/sbin/sshd || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends openssh-server; }
+	pytest -m "" tests/e2e/test_remotes.py -k ssh
 
 bench: setup  ## speed against the classic DataLoader loop, train-stage memory, pipeline overhead
 	python bench/train_speed.py
