@@ -21,6 +21,8 @@ def make(seed: int = 0):
         "n_outputs": 10,
         "task": "classification",
         "classes": [str(i) for i in range(10)],
+        "feature_names": ["pixel"],
+        "normalize": {"method": "unit", "scale": 1 / 255, "mean": 0.0, "std": 1.0},
     }
     return model, info
 

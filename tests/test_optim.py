@@ -1,5 +1,7 @@
 """Optimizers and schedulers come from torch.optim by name; options are checked against torch."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -60,12 +62,33 @@ def test_an_option_the_optimizer_does_not_take_names_the_key_and_lists_the_allow
         ({"optimizer": "sgd", "momentum": -0.5}, "Invalid momentum value"),
         ({"optimizer": "adam", "betas": [0.9, 1.5]}, "Invalid beta parameter"),
         ({"optimizer": "sgd", "nesterov": True}, "Nesterov momentum requires a momentum"),
-        ({"optimizer": "rmsprop", "alpha": "fast"}, "RMSprop"),
     ],
 )
 def test_torch_checks_the_ranges(train, problem):
     with pytest.raises(ParamsError, match=rf"^experiments\.e\.train: .*{problem}"):
         build(**train)
+
+
+@pytest.mark.parametrize(
+    "train, key, problem",
+    [
+        ({"optimizer": "rmsprop", "alpha": "fast"}, "alpha", "Input should be a valid number for optimizer RMSprop"),
+        ({"optimizer": "adam", "amsgrad": 2}, "amsgrad", "Input should be a valid boolean"),
+        ({"optimizer": "adam", "betas": [0.9]}, "betas.1", "Field required"),
+        ({"optimizer": "adam", "foreach": "yes"}, "foreach", "Input should be a valid boolean"),
+    ],
+)
+def test_option_types_follow_torch_annotations(train, key, problem):
+    # torch itself accepts amsgrad: 2 and foreach: "yes" without a word, and fails on a short
+    # betas with an IndexError.
+    with pytest.raises(ParamsError, match=rf"^experiments\.e\.train\.{re.escape(key)}: {problem}"):
+        build(**train)
+
+
+@pytest.mark.parametrize("option", ["capturable", "differentiable"])
+def test_options_torch_refuses_only_at_the_first_step_fail_when_built(option):
+    with pytest.raises(ParamsError, match=r"^experiments\.e\.train: Adam cannot take a step with these options"):
+        build(optimizer="adam", **{option: True})
 
 
 # --- schedulers ---------------------------------------------------------------------------------
@@ -142,6 +165,22 @@ def test_unknown_scheduler_and_options():
         schedule(name="step")
     with pytest.raises(ParamsError, match=r"^experiments\.e\.train\.scheduler\.name: lambda takes a Python function"):
         schedule(name="lambda")
+
+
+@pytest.mark.parametrize(
+    "scheduler, problem",
+    [
+        # torch builds each of these, then fails (or misbehaves) only once training steps it.
+        ({"name": "step", "step_size": 0}, r"StepLR fails at step 1: integer modulo by zero"),
+        ({"name": "step", "step_size": "a"}, r"step_size: Input should be a valid integer"),
+        ({"name": "multistep", "milestones": "x"}, r"milestones: Input should be a valid (list|array)"),
+        ({"name": "exponential", "gamma": -5.0}, r"ExponentialLR makes the learning rate -5 at step 1; it must stay"),
+        ({"name": "onecycle", "total_steps": 2}, r"OneCycleLR fails at step 3: Tried to step 3 times"),
+    ],
+)
+def test_a_schedule_that_would_fail_mid_training_fails_when_built(scheduler, problem):
+    with pytest.raises(ParamsError, match=rf"^experiments\.e\.train\.scheduler(: |\.).*{problem}"):
+        schedule(**scheduler)
 
 
 def test_check_builds_on_a_stand_in_before_any_data():

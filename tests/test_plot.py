@@ -84,7 +84,9 @@ def test_read_csv_gives_columns(tmp_path):
     (tmp_path / "h.csv").write_text("epoch,loss\n1,0.5\n2,0.25\n")
     assert plot.read_csv(tmp_path / "h.csv") == {"epoch": ["1", "2"], "loss": ["0.5", "0.25"]}
     (tmp_path / "e.csv").write_text("epoch,loss\n")
-    assert plot.read_csv(tmp_path / "e.csv") == {}
+    assert plot.read_csv(tmp_path / "e.csv") == {"epoch": [], "loss": []}  # the columns, with no rows
+    (tmp_path / "n.csv").write_text("")
+    assert plot.read_csv(tmp_path / "n.csv") == {}
 
 
 def images(out) -> list[str]:

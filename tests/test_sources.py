@@ -116,7 +116,7 @@ def test_header_without_rows(tmp_path):
 
 def test_a_directory_is_not_a_csv(tmp_path):
     (tmp_path / "dir.csv").mkdir()
-    assert "CSV file not found" in read_bad(tmp_path / "dir.csv")
+    assert "is a folder, not a CSV file" in read_bad(tmp_path / "dir.csv")
 
 
 # --- Source registry -----------------------------------------------------------

@@ -9,7 +9,6 @@ template. `activations` draws the activation functions the models offer.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from torchrepro.core.errors import DataError
-from torchrepro.core.io import atomic_dir, atomic_path
+from torchrepro.core.io import atomic_dir, atomic_path, read_json
 from torchrepro.core.live import open_live
 from torchrepro.core.params import Params
 from torchrepro.normalize import store
@@ -28,14 +27,26 @@ from torchrepro.normalize import store
 PNG = {"dpi": 100, "metadata": {"Software": None}}  # no version stamp: same figure, same bytes
 
 
-def read_csv(path: str | Path, delimiter: str = ",") -> dict[str, list[str]]:
-    """A small CSV (or TSV) as columns of strings."""
+def read_csv(path: str | Path, delimiter: str = ",", columns: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """A small CSV (or TSV) as columns of strings; an empty file has none. The named `columns`
+    must be there, and every row must have the header's fields."""
+    hint = "run the stages before plot (dvc repro)"
     try:
         with open(path, newline="") as f:
-            rows = list(csv.DictReader(f, delimiter=delimiter))
+            rows = [row for row in csv.reader(f, delimiter=delimiter, strict=True) if row]
     except FileNotFoundError:
-        raise DataError(f"{path}: not found; run the stages before plot (dvc repro)") from None
-    return {name: [row[name] for row in rows] for name in (rows[0] if rows else [])}
+        raise DataError(f"{path}: not found; {hint}") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not a table; {hint}") from None
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path}: not a readable table ({error}); {hint}") from None
+    header, body = (rows[0], rows[1:]) if rows else ([], [])
+    for number, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise DataError(f"{path}: row {number} has {len(row)} fields, the header {len(header)}; {hint}")
+    if missing := [c for c in columns if c not in header]:
+        raise DataError(f"{path}: no column {', '.join(missing)} (has: {', '.join(header) or 'nothing'}); {hint}")
+    return {name: [row[i] for row in body] for i, name in enumerate(header)}
 
 
 def read_history(live_dir: Path) -> dict[str, list[str]]:
@@ -46,10 +57,22 @@ def read_history(live_dir: Path) -> dict[str, list[str]]:
             path = live_dir / "plots" / "metrics" / split / f"{metric}.tsv"
             if metric == "accuracy" and not path.exists():
                 continue  # regression: loss only
-            columns = read_csv(path, delimiter="\t")
+            columns = read_csv(path, delimiter="\t", columns=("step", metric))
+            _check_numbers(path, columns["step"], int)
+            _check_numbers(path, columns[metric], float)
+            if "epoch" in history and columns["step"] != history["epoch"]:
+                raise DataError(f"{path}: its steps differ from the other files' in {live_dir}; rerun the train stage")
             history["epoch"] = columns["step"]
             history[f"{split}_{metric}"] = columns[metric]
     return history
+
+
+def _check_numbers(path: Path, values: list[str], kind: type) -> None:
+    for number, value in enumerate(values, start=2):
+        try:
+            kind(value)
+        except ValueError:
+            raise DataError(f"{path}: row {number}: {value!r} is not a number; rerun the train stage") from None
 
 
 def learning_curves(history: dict[str, list[str]], title: str) -> plt.Figure:
@@ -152,21 +175,53 @@ def activations(out: Path) -> None:
     plt.close(fig)
 
 
+def read_metrics(path: Path, stage: str) -> dict[str, Any]:
+    """evaluate's metrics.json; the numbers the regression fit draws must be numbers."""
+    try:
+        metrics = read_json(path, f"rerun `dvc repro {stage}`")
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; run `dvc repro {stage}`") from None
+    if not isinstance(metrics, dict):
+        raise DataError(f"{path}: not the metrics evaluate writes; rerun `dvc repro {stage}`")
+    if "weight" in metrics:  # a linear regression: its line and the least-squares line are drawn
+        exact = metrics.get("least_squares") if isinstance(metrics.get("least_squares"), dict) else {}
+        if not all(
+            _is_number(v) for v in (metrics["weight"], metrics.get("bias"), exact.get("weight"), exact.get("bias"))
+        ):
+            raise DataError(f"{path}: weight, bias or least_squares is not numbers; rerun `dvc repro {stage}`")
+    return metrics
+
+
+def _is_number(value: Any) -> bool:
+    """A finite number, or a list of them (a weight per feature)."""
+    if isinstance(value, list):
+        return bool(value) and all(map(_is_number, value))
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
 def run(params: Params, experiment: str) -> None:
     """Write plots/<experiment>/ from the training history, the predictions and the metrics."""
     exp = params.experiment(experiment)
     paths = params.paths
     history = read_history(paths.train_live_dir(experiment))
-    predictions = read_csv(paths.predictions_file(experiment))
-    metrics_file = paths.evaluate_live_dir(experiment) / "metrics.json"
-    try:
-        metrics = json.loads(metrics_file.read_text())
-    except (FileNotFoundError, json.JSONDecodeError) as error:
-        raise DataError(f"{metrics_file}: cannot read ({error}); run `dvc repro evaluate@{experiment}`") from None
+    predictions_file = paths.predictions_file(experiment)
+    predictions = read_csv(predictions_file, columns=("actual", "predicted"))
+    metrics = read_metrics(paths.evaluate_live_dir(experiment) / "metrics.json", f"evaluate@{experiment}")
     # Classifier figures need only the test split (60,000 training images would be 188 MB);
     # the regression fit draws the training points. Only classification histories have accuracy.
     data = store.load(paths.processed_dir(exp.dataset), train="train_accuracy" not in history)
     meta = data.meta
+    rerun = f"rerun `dvc repro evaluate@{experiment}`"
+    if len(predictions["actual"]) != len(data.y_test):
+        raise DataError(
+            f"{predictions_file}: {len(predictions['actual'])} rows for {len(data.y_test)} test examples; {rerun}"
+        )
+    if meta["task"] == "classification":
+        for column in ("actual", "predicted"):
+            if unknown := set(predictions[column]) - set(meta["classes"]):
+                raise DataError(
+                    f"{predictions_file}: {column}: {sorted(unknown)[0]!r} is not a class of {exp.dataset}; {rerun}"
+                )
     with atomic_dir(paths.plots_dir(experiment)) as out:
         live = open_live(out)
         figures = {"learning_curves.png": learning_curves(history, experiment)}

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import struct
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +32,9 @@ if TYPE_CHECKING:  # torch is imported once the determinism environment is set
     import torch
 
 FIELD, BOX = 28, 20  # MNIST: digits fitted into 20x20, centred in a 28x28 field
+IMAGE_FORMATS = ("PNG", "JPEG")  # PIL opens many more; each decoder is more that a bad file can reach
+MAX_PIXELS = 50_000_000  # --max-pixels: a 48-megapixel phone photo fits
+WORK_PIXELS = 4_000_000  # larger images are reduced to about this many pixels before framing
 CENTER = 14.0  # where MNIST puts the ink's center of mass (row and column, in pixel indices)
 TOP_K = 3
 MIN_CONTRAST = 8  # of 255: an image with less is blank paper plus noise, not a digit
@@ -38,26 +43,69 @@ MIN_CONTRAST = 8  # of 255: an image with less is blank paper plus noise, not a 
 # --- Images ---------------------------------------------------------------
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Grayscale pixels 0-255, float64 (H, W), of a PNG or JPEG file."""
-    from PIL import Image, ImageOps
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Grayscale pixels 0-255, float64 (H, W), of a PNG or JPEG file.
+
+    The size comes from the file's header and is checked against `max_pixels` before any pixel
+    is decoded. An image of more than WORK_PIXELS is decoded at a reduced scale (JPEG) or
+    box-reduced right after decoding (PNG), before the other copies are made: memory stays
+    under about 4 bytes per pixel of the limit, 8 with transparency (PIL reduces those through
+    a premultiplied copy). A digit keeps its shape: it ends up 20x20 anyway.
+    """
+    from PIL import Image
 
     path = Path(path)
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # the check below replaces PIL's, which warns before it refuses
     try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)  # phone photos store their rotation in EXIF
-            if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-                # Transparent pixels count as white paper, as in a drawing exported from a canvas.
-                image = image.convert("RGBA")
-                paper = Image.new("RGBA", image.size, "white")
-                image = Image.alpha_composite(paper, image)
-            return np.asarray(image.convert("L"), dtype=np.float64)
+        with Image.open(path, formats=IMAGE_FORMATS) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise DataError(
+                    f"{path}: {width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,}; "
+                    f"pass --max-pixels {width * height} to read it (up to {8 * width * height / 2**20:,.0f} MiB of memory)"
+                )
+            if image.format == "JPEG" and (factor := _reduction(width, height)) > 1:
+                image.draft(image.mode, (width // factor, height // factor))  # DCT scaling: 1/2, 1/4 or 1/8
+            image.load()
+            return _gray(image)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        # UnidentifiedImageError is an OSError; truncated files raise OSError on decode.
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not an image") from None
+    # UnidentifiedImageError is an OSError; truncated files raise OSError on decode; PIL reports
+    # some malformed chunks as SyntaxError, struct.error or EOFError.
+    except (OSError, ValueError, EOFError, SyntaxError, struct.error) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataError(f"{path}: not a readable PNG or JPEG image ({reason})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def _reduction(width: int, height: int) -> int:
+    """The integer factor that brings width x height down to about WORK_PIXELS (1: none)."""
+    return max(1, math.ceil(math.sqrt(width * height / WORK_PIXELS)))
+
+
+def _gray(image) -> np.ndarray:
+    """A decoded image as grayscale 0-255 float64 (H, W), reduced to about WORK_PIXELS first."""
+    from PIL import Image, ImageOps
+
+    sixteen_bit = image.mode.startswith("I")  # a 16-bit PNG: L would clip every value over 255
+    transparent = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    if image.mode in ("1", "P"):  # reduce() needs whole-byte pixels
+        image = image.convert("RGBA" if transparent else "L")
+    elif image.mode.startswith("I;16"):
+        image = image.convert("I")
+    if (factor := _reduction(*image.size)) > 1:
+        image = image.reduce(factor)  # the mean of each factor x factor box
+    image = ImageOps.exif_transpose(image)  # phone photos store their rotation in EXIF
+    if transparent:
+        # Transparent pixels count as white paper, as in a drawing exported from a canvas.
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+    if sixteen_bit:
+        return np.asarray(image, dtype=np.float64) / 257  # 65535 -> 255
+    return np.asarray(image.convert("L"), dtype=np.float64)
 
 
 def frame_digit(gray: np.ndarray, where: str = "image") -> np.ndarray:
@@ -107,12 +155,14 @@ def place_by_center_of_mass(fitted: np.ndarray) -> np.ndarray:
 # --- Tables ---------------------------------------------------------------
 
 
-def read_features(path: str | Path, feature_names: list[str]) -> np.ndarray:
-    """Raw feature rows (N, F) float64 from a CSV whose header names the features; other
-    columns (a target, an id) are ignored. Errors name the file row (the header is row 1)."""
+def read_features(path: str | Path, feature_names: list[str]) -> tuple[np.ndarray, list[int]]:
+    """Raw feature rows (N, F) float64 from a CSV whose header names the features, and the row
+    of each in the file (the header is row 1; blank rows are skipped). Columns are matched by
+    name; other named columns (a target, an id) are ignored. Every row must have exactly the
+    header's fields; errors name the file and row."""
     path = Path(path)
     frame = read_csv_frame(path, feature_names, needs=f"; the model needs {', '.join(feature_names)}")
-    return read_numeric(frame, feature_names, path)
+    return read_numeric(frame, feature_names, path), frame.index.tolist()
 
 
 # --- Model ----------------------------------------------------------------
@@ -153,7 +203,9 @@ def predict_raw(model: torch.nn.Module, info: dict[str, Any], raw: np.ndarray, d
     ]
 
 
-def read_inputs(files: list[str | Path], info: dict[str, Any]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+def read_inputs(
+    files: list[str | Path], info: dict[str, Any], max_pixels: int = MAX_PIXELS
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Raw model inputs for all files, stacked, and one label per row ({"input": file[, "line": n]})."""
     image_model = is_image_model(info)
     arrays, labels = [], []
@@ -170,16 +222,18 @@ def read_inputs(files: list[str | Path], info: dict[str, Any]) -> tuple[np.ndarr
             if list(info["input_shape"]) != [1, FIELD, FIELD]:
                 shape = "x".join(map(str, info["input_shape"]))
                 raise DataError(f"{info['experiment']}: images are framed as 1x28x28 digits; this model takes {shape}")
-            arrays.append(frame_digit(read_image(file), str(file))[None, None])  # (1, 1, 28, 28)
+            arrays.append(frame_digit(read_image(file, max_pixels), str(file))[None, None])  # (1, 1, 28, 28)
             labels.append({"input": str(file)})
         else:
-            rows = read_features(file, info["feature_names"])
+            rows, numbers = read_features(file, info["feature_names"])
             arrays.append(rows)
-            labels += [{"input": str(file), "line": i + 2} for i in range(len(rows))]
+            labels += [{"input": str(file), "line": n} for n in numbers]
     return np.concatenate(arrays), labels
 
 
-def predict_files(params: Params, experiment: str, files: list[str | Path], device: str = "cpu") -> list[dict]:
+def predict_files(
+    params: Params, experiment: str, files: list[str | Path], device: str = "cpu", max_pixels: int = MAX_PIXELS
+) -> list[dict]:
     """Load the experiment's model and predict every image or CSV row in `files`, under the
     params' determinism, as evaluation does."""
     from torchrepro.core.devices import resolve_device
@@ -187,7 +241,7 @@ def predict_files(params: Params, experiment: str, files: list[str | Path], devi
     torch_device = resolve_device(device, key="--device")
     determinism.apply(params.determinism, torch_device)
     model, info = load_trained(params, experiment, torch_device)
-    raw, labels = read_inputs(files, info)
+    raw, labels = read_inputs(files, info, max_pixels)
     return [label | result for label, result in zip(labels, predict_raw(model, info, raw, torch_device))]
 
 
@@ -209,12 +263,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text lines")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: %(default)s)")
     parser.add_argument("--params", default="params.yaml", help="params file, for paths (default: %(default)s)")
+    parser.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=MAX_PIXELS,
+        metavar="N",
+        help="refuse larger images before decoding them (default: %(default)s; up to 8 bytes of memory each)",
+    )
     args = parser.parse_args(argv)
 
     def predict() -> None:
         params = load_params(args.params)
         determinism.prepare_environment(params.determinism)
-        results = predict_files(params, args.experiment, args.files, args.device)
+        results = predict_files(params, args.experiment, args.files, args.device, args.max_pixels)
         if args.json:
             json.dump({"experiment": args.experiment, "predictions": results}, sys.stdout, indent=2)
             print()
@@ -222,6 +283,16 @@ def main(argv: list[str] | None = None) -> None:
             print("\n".join(map(format_result, results)))
 
     run(predict)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of pixels >= 1, got {text!r}")
+    return value
 
 
 if __name__ == "__main__":

@@ -11,14 +11,14 @@ An experiment not yet trained or evaluated keeps its row with those cells empty.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from torchrepro.core.io import atomic_path, write_text
+from torchrepro.core.errors import DataError
+from torchrepro.core.io import atomic_path, read_json, write_text
 from torchrepro.core.params import Experiment, Params
 
 # plot.PNG's settings, not imported: plot imports the data store, which would become a dep of this stage.
@@ -40,12 +40,21 @@ COLUMNS = [
 ]
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON file's content, or None when it does not exist yet."""
+def _read_json(path: Path, stage: str, fields: dict[str, type | tuple[type, ...]]) -> dict[str, Any] | None:
+    """A JSON object, or None when the file does not exist yet; the `fields` the report reads
+    must have their types when present. Errors name the file and the stage that rewrites it."""
+    hint = f"rerun `dvc repro {stage}`"
     try:
-        return json.loads(path.read_text())
+        content = read_json(path, hint)
     except FileNotFoundError:
         return None
+    if not isinstance(content, dict):
+        raise DataError(f"{path}: expected a JSON object, found {type(content).__name__}; {hint}")
+    for key, kind in fields.items():
+        value = content.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise DataError(f"{path}: {key}: {value!r} is not what {stage} writes; {hint}")
+    return content
 
 
 def _compact(kwargs: dict[str, Any]) -> str:
@@ -65,9 +74,15 @@ def _optimizer(exp: Experiment) -> str:
 def experiment_row(params: Params, name: str) -> dict[str, Any]:
     """One experiment's settings and results; results it does not have yet are None."""
     exp, paths = params.experiment(name), params.paths
-    metrics = _read_json(paths.evaluate_live_dir(name) / "metrics.json") or {}
-    log = _read_json(paths.log_file(name)) or {}
-    info = _read_json(paths.model_dir(name) / "model.json") or {}
+    number = (int, float)
+    metrics = _read_json(
+        paths.evaluate_live_dir(name) / "metrics.json", f"evaluate@{name}", {"accuracy": number, "mse": number}
+    )
+    log = _read_json(
+        paths.log_file(name), f"train@{name}", {"train_seconds": number, "device": str, "device_name": str}
+    )
+    info = _read_json(paths.model_dir(name) / "model.json", f"train@{name}", {"n_parameters": int})
+    metrics, log, info = metrics or {}, log or {}, info or {}
     return {
         "experiment": name,
         "dataset": exp.dataset,

@@ -25,8 +25,8 @@ def check(params: Params) -> None:
     for name, exp in params.experiments.items():
         key = f"experiments.{name}"
         check_options(exp.model.name, exp.model.options, f"{key}.model")
-        optim.check(exp.train, f"{key}.train")
-        resolve_device(params.device_for(name), key=f"{key}.device" if exp.device else "device")
+        device = resolve_device(params.device_for(name), key=f"{key}.device" if exp.device else "device")
+        optim.check(exp.train, f"{key}.train", device)  # on the device: some options hold only on CUDA
 
 
 def run(params: Params, marker: str) -> None:

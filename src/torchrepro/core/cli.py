@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import shutil
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from torchrepro.core.errors import UserError
 
@@ -17,6 +19,10 @@ FIXES = {
     errno.EACCES: "permission denied; fix the permissions or run from a folder you can write",
     errno.EPERM: "operation not permitted; fix the permissions or run from a folder you can write",
     errno.EROFS: "read-only file system; run from a writable checkout",
+    errno.EISDIR: "is a folder where a file belongs; remove it or choose another path",
+    errno.ENOTDIR: "a part of this path is a file where a folder belongs; remove it or choose another path",
+    errno.EEXIST: "exists and is not a folder; remove it or choose another path",
+    errno.ENAMETOOLONG: "file name too long; choose a shorter path",
 }
 
 
@@ -25,8 +31,25 @@ def describe_os_error(error: OSError) -> str | None:
     fix = FIXES.get(error.errno)
     if fix is None:
         return None
-    where = error.filename or "a file"
+    if error.errno == errno.ENOSPC:  # how much is free tells whether a retry can work
+        fix = f"no space left on the device ({_free_space(error.filename)} free); free some space and run again"
+    where = error.filename or f"a file under {Path.cwd()}"  # a failed write() names no file
     return f"{where}: {fix}"
+
+
+def _free_space(path: str | None) -> str:
+    """Free space on the file system holding `path` (or the working folder), as '12 KiB'."""
+    folder = Path(path) if path else Path.cwd()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        size = float(shutil.disk_usage(folder).free)
+    except OSError:
+        return "unknown space"
+    units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    while size >= 1024 and len(units) > 1:
+        size, units = size / 1024, units[1:]
+    return f"{size:.0f} {units[0]}"
 
 
 def run(main: Callable[[], object]) -> None:
@@ -42,6 +65,8 @@ def run(main: Callable[[], object]) -> None:
         if (line := describe_os_error(error)) is None:
             raise
         fail(line)
+    except MemoryError:
+        fail("out of memory; close other programs, or use smaller inputs or a smaller train.batch_size")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

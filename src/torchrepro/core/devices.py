@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from torchrepro.core.errors import ParamsError
+from torchrepro.core.params import DEVICE_CHOICES, DEVICE_PATTERN
 
 if TYPE_CHECKING:
     import torch
@@ -16,6 +17,9 @@ if TYPE_CHECKING:
 def resolve_device(name: str, key: str = "device") -> torch.device:
     """`auto` picks cuda, then mps, then cpu; an explicit device must exist."""
     import torch
+
+    if not DEVICE_PATTERN.match(name):  # params are checked already; --device on a command line is not
+        raise ParamsError(f"{key}: unknown device {name!r}; allowed: {DEVICE_CHOICES}")
 
     if name == "auto":
         if torch.cuda.is_available():

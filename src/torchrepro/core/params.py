@@ -21,6 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torchrepro.core.errors import ParamsError
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+# Dataset and experiment names become file and folder names (models/<experiment>) and DVC stage
+# names (train@<experiment>): no separators, no `..`, nothing DVC refuses in a stage name.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+NAME_RULE = "letters, digits, - and _, starting with a letter or digit"
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
 Seed = Annotated[int, Field(ge=0, lt=2**32)]  # numpy and scikit-learn take 32-bit seeds
 
@@ -61,6 +65,23 @@ class Paths(Strict):
     logs: str = "logs"
     reports: str = "reports"
     resume: str = ".resume"  # resume checkpoints: git-ignored, outside every DVC output
+
+    @model_validator(mode="after")
+    def _separate_roots(self) -> Paths:
+        # Stages replace whole folders under these roots (and tidy .pt files under `resume`):
+        # a root that is the project itself, climbs out of it with `..`, or holds another root
+        # would let one stage replace or delete another's files.
+        roots = self.model_dump()
+        for key, root in roots.items():
+            if Path(root) == Path(".") or ".." in Path(root).parts:
+                raise ParamsError(f"paths.{key}: {root!r} must name a folder of its own (not '.', '' or one with '..')")
+        for key, root in roots.items():
+            for other, other_root in roots.items():
+                if key != other and Path(root) in (Path(other_root), *Path(other_root).parents):
+                    raise ParamsError(
+                        f"paths.{other}: {other_root!r} lies in paths.{key} ({root!r}); give each its own folder"
+                    )
+        return self
 
     def raw_dir(self, dataset: str) -> Path:
         return Path(self.raw) / dataset
@@ -163,6 +184,14 @@ class Params(Strict):
     _device = field_validator("device")(classmethod(lambda cls, v: _check_device(v)))
 
     @model_validator(mode="after")
+    def _names_are_file_names(self) -> Params:
+        for section in ("datasets", "experiments"):
+            for name in getattr(self, section):
+                if not NAME_PATTERN.match(name):
+                    raise ParamsError(f"{section}.{name}: not a usable name; use {NAME_RULE}")
+        return self
+
+    @model_validator(mode="after")
     def _datasets_exist(self) -> Params:
         for name, exp in self.experiments.items():
             if exp.dataset not in self.datasets:
@@ -238,13 +267,19 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{path}: {message}"
 
 
-def _non_finite(node: Any, path: str = "") -> str | None:
-    """The key path of the first NaN or infinity anywhere in the tree (options included)."""
+def _non_finite(node: Any, path: str = "", seen: set[int] | None = None) -> str | None:
+    """The key path of the first NaN or infinity anywhere in the tree (options included).
+    A YAML alias repeats a node without copying it: each is visited once, so a file of nested
+    aliases (a "billion laughs") costs its size, not its expansion."""
     if isinstance(node, float) and not math.isfinite(node):
         return path or "(top level)"
-    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    seen = set() if seen is None else seen
+    if not isinstance(node, (dict, list)) or id(node) in seen:
+        return None
+    seen.add(id(node))
+    children = node.items() if isinstance(node, dict) else enumerate(node)
     for key, child in children:
-        if (found := _non_finite(child, f"{path}.{key}" if path else str(key))) is not None:
+        if (found := _non_finite(child, f"{path}.{key}" if path else str(key), seen)) is not None:
             return found
     return None
 
@@ -284,6 +319,8 @@ def read_yaml(path: Path, text: str) -> Any:
     """Parse YAML strictly (duplicate keys are errors); errors give the line and column."""
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)
+    except RecursionError:
+        raise ParamsError(f"{path}: nested too deeply to be a params file") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -114,21 +114,24 @@ FASHION_MNIST_CLASSES = [
 ]
 
 
+Mirror = Annotated[str, Field(pattern=r"^(https?|file)://\S+$")]  # a URL urllib can open
+
+
 class IdxOptions(Options):
     """Where to get the four files: `local_dir` if set, else the mirrors in order."""
 
-    mirrors: list[str]
+    mirrors: list[Mirror]
     local_dir: str | None = None  # a directory holding the four files, gzipped or not
-    timeout_s: Annotated[float, Field(gt=0)] = 30.0
-    retries: Annotated[int, Field(ge=0)] = 3  # per mirror, after dropped connections or timeouts
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    retries: Annotated[int, Field(ge=0, le=20)] = 3  # per mirror; the waits between tries double
 
 
 class MnistOptions(IdxOptions):
-    mirrors: list[str] = list(MNIST_MIRRORS)
+    mirrors: list[Mirror] = list(MNIST_MIRRORS)
 
 
 class FashionMnistOptions(IdxOptions):
-    mirrors: list[str] = list(FASHION_MNIST_MIRRORS)
+    mirrors: list[Mirror] = list(FASHION_MNIST_MIRRORS)
 
 
 class IdxSource:

@@ -3,14 +3,15 @@ and the sources that need no network: CSV files, Iris (scikit-learn) and mnist-5
 
 from __future__ import annotations
 
+import csv
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from torchrepro.core.errors import DataError, ParamsError
 
@@ -78,6 +79,8 @@ def resolve_source(dataset: str, source) -> tuple[SourceSpec, Options]:
         if first["type"] == "extra_forbidden":
             allowed = ", ".join(sorted(set(spec.options.model_fields))) or "none"
             raise ParamsError(f"{key}.{where}: unknown option for source {spec.name!r}; allowed: {allowed}") from None
+        if not where:  # a check across options: its message starts with the option's name
+            raise ParamsError(f"{key}.{first['msg'].removeprefix('Value error, ')}") from None
         raise ParamsError(f"{key}.{where}: {first['msg']} (got {first.get('input')!r})") from None
     return spec, options
 
@@ -86,25 +89,68 @@ def resolve_source(dataset: str, source) -> tuple[SourceSpec, Options]:
 
 
 def read_csv_frame(path: Path, needed: list[str], needs: str = "") -> pd.DataFrame:
-    """A CSV as string cells, column names stripped, holding at least the `needed` columns;
-    every problem names the file. `needs` adds why those columns, to the missing-column error."""
+    """A CSV as string cells indexed by their row in the file (the header is row 1), column
+    names stripped, holding at least the `needed` columns; every problem names the file and row.
+    `needs` adds why those columns, to the missing-column error.
+
+    Read strictly, with the csv module: a row with more or fewer fields than the header, or a
+    header naming a column twice, is an error (pandas would shift extra fields into the index
+    or rename the duplicate, and the numbers would land in the wrong columns). A UTF-8 byte
+    order mark is allowed; blank rows are skipped but counted."""
     import pandas as pd  # pandas is slow to import; only CSV sources need it
 
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a CSV file")
     if not path.is_file():
         raise DataError(f"{path}: CSV file not found")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: not a readable CSV file: {str(error).strip()}") from None
-    frame.columns = frame.columns.str.strip()  # "x, y " names columns x and y, as cells are stripped too
-    missing = [c for c in needed if c not in frame.columns]
+    header, rows, numbers = _read_rows(path)
+    missing = [c for c in needed if c not in header]
     if missing:
-        raise DataError(
-            f"{path}: missing column(s) {', '.join(missing)}{needs}; the file has: {', '.join(frame.columns)}"
-        )
-    if len(frame) == 0:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}{needs}; the file has: {', '.join(header)}")
+    if not rows:
         raise DataError(f"{path}: no data rows")
-    return frame
+    return pd.DataFrame(rows, columns=header, index=numbers, dtype=str)
+
+
+def _read_rows(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
+    """The header, the data rows and their row numbers; blank rows are left out."""
+    header: list[str] | None = None
+    rows, numbers = [], []
+    number = header_row = 0
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            reader = csv.reader(file, skipinitialspace=True, strict=True)
+            for number, row in enumerate(reader, start=1):
+                if not row:
+                    continue
+                if header is None:
+                    header, header_row = _header(row, number, path), number
+                elif len(row) != len(header):
+                    raise DataError(
+                        f"{path}: not a readable CSV file: row {number} has {len(row)} fields, but the header "
+                        f"(row {header_row}) names {len(header)} columns"
+                    )
+                else:
+                    rows.append(row)
+                    numbers.append(number)
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not a readable CSV file: not UTF-8 text (byte {error.start})") from None
+    except csv.Error as error:  # a stray quote, a NUL byte, a field over the csv module's size limit
+        raise DataError(f"{path}: not a readable CSV file: row {number + 1}: {error}") from None
+    if header is None:
+        raise DataError(f"{path}: not a readable CSV file: empty, with no header row naming the columns")
+    return header, rows, numbers
+
+
+def _header(row: list[str], number: int, path: Path) -> list[str]:
+    names = [name.strip() for name in row]  # "x, y " names columns x and y, as cells are stripped too
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise DataError(
+                f"{path}: not a readable CSV file: row {number} (the header) names column {name!r} twice "
+                f"(columns {names.index(name) + 1} and {i + 1}); give each column its own name"
+            )
+    return names
 
 
 def read_csv_table(path: Path, features: list[str], target: str, task: Task) -> Table:
@@ -130,22 +176,22 @@ def read_numeric(frame: pd.DataFrame, columns: list[str], path: Path) -> np.ndar
 def _reject_blank(values, column: str, path: Path) -> None:
     blank = np.flatnonzero(values.to_numpy() == "")
     if blank.size:
-        raise DataError(f"{path}: row {blank[0] + 2}, column {column!r}: empty cell")
+        raise DataError(f"{path}: row {values.index[blank[0]]}, column {column!r}: empty cell")
 
 
 def numeric_column(values: pd.Series, path: Path) -> np.ndarray:
-    """Parse one column as float64; the error gives the file line (header is line 1)."""
+    """Parse one column as float64; the error gives the file row (the frame's index)."""
     column = values.name
     stripped = values.str.strip()
     _reject_blank(stripped, column, path)
     out = np.empty(len(stripped), dtype=np.float64)
-    for i, cell in enumerate(stripped):
+    for i, (row, cell) in enumerate(stripped.items()):
         try:
             out[i] = float(cell)
         except ValueError:
-            raise DataError(f"{path}: row {i + 2}, column {column!r}: not a number: {cell!r}") from None
+            raise DataError(f"{path}: row {row}, column {column!r}: not a number: {cell!r}") from None
         if not np.isfinite(out[i]):
-            raise DataError(f"{path}: row {i + 2}, column {column!r}: {cell!r} is not a finite number")
+            raise DataError(f"{path}: row {row}, column {column!r}: {cell!r} is not a finite number")
     return out
 
 
@@ -159,9 +205,18 @@ def _class_sort_key(label: str):
 
 class CsvOptions(Options):
     path: str
-    features: list[str]
+    features: Annotated[list[str], Field(min_length=1)]
     target: str
     task: Task
+
+    @model_validator(mode="after")
+    def _distinct_columns(self) -> CsvOptions:
+        for i, name in enumerate(self.features):
+            if name in self.features[:i]:
+                raise ValueError(f"features: {name!r} is listed twice")
+        if self.target in self.features:
+            raise ValueError(f"target: {self.target!r} is also listed under features; a model cannot be fed its answer")
+        return self
 
 
 @register_source("csv", CsvOptions)
@@ -219,6 +274,8 @@ class Mnist5kSource:
     def load(options: Options, raw_dir: Path) -> Table:
         images = _load_npy(raw_dir / "images.npy", np.uint8, ndim=3)
         labels = _load_npy(raw_dir / "labels.npy", np.int64, ndim=1)
+        if images.shape[1:] != (28, 28):
+            raise DataError(f"{raw_dir / 'images.npy'}: images are {images.shape[1]}x{images.shape[2]}, expected 28x28")
         return image_table(images, labels, raw_dir)
 
 
@@ -226,6 +283,8 @@ def image_table(images: np.ndarray, labels: np.ndarray, where: Path, is_test=Non
     """A 10-class digit-style Table; checks that images and labels agree."""
     if len(images) != len(labels):
         raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
+    if len(images) == 0 or 0 in images.shape[1:]:
+        raise DataError(f"{where}: no images (the arrays have shape {images.shape}); run the download stage again")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise DataError(f"{where}: labels must be 0-9, found {labels.min()}..{labels.max()}")
     return Table(

@@ -8,17 +8,34 @@ nothing changed downstream when a rerun reproduces the same weights.
 from __future__ import annotations
 
 import io
-import json
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
-from torchrepro.core.errors import DataError
-from torchrepro.core.io import bytes_digest, write_bytes, write_json
+from torchrepro.core.errors import DataError, ParamsError
+from torchrepro.core.io import atomic_dir, bytes_digest, read_json, write_bytes, write_json
 from torchrepro.models.nets import create_model
+from torchrepro.normalize.store import Description, check_description
+
+
+class ModelInfo(Description):
+    """model.json: how to rebuild the network and feed it (the rest is for people)."""
+
+    model: str
+    model_kwargs: dict[str, Any]
+    n_outputs: Annotated[int, Field(ge=1)]
+    sha256: str
+
+    @model_validator(mode="after")
+    def _outputs_fit_the_task(self) -> ModelInfo:
+        expected = len(self.classes) if self.task == "classification" else 1
+        if self.n_outputs != expected:
+            raise ValueError(f"n_outputs: {self.n_outputs}, but this {self.task} needs {expected}")
+        return self
 
 
 def to_bytes(obj: Any) -> bytes:
@@ -58,12 +75,13 @@ def _refusal(error: Exception) -> str:
 
 
 def save_model(model_dir: str | Path, model: nn.Module, info: dict[str, Any]) -> None:
-    """Write model.pt (CPU tensors) and model.json; each file atomically."""
-    model_dir = Path(model_dir)
+    """Write model.pt (CPU tensors) and model.json together, atomically: a failure (a full
+    disk) leaves the previous pair, never a new model.pt beside an old model.json."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     weights = to_bytes(state)
-    write_bytes(model_dir / "model.pt", weights)
-    write_json(model_dir / "model.json", info | {"sha256": bytes_digest(weights)})
+    with atomic_dir(model_dir) as tmp:
+        write_bytes(tmp / "model.pt", weights)
+        write_json(tmp / "model.json", info | {"sha256": bytes_digest(weights)})
 
 
 def load_model(
@@ -81,18 +99,21 @@ def load_model(
             )
         raise DataError(f"{model_dir}: no trained model here (model.json and model.pt); run its train stage first")
     restore = f"restore it with `dvc checkout --force {model_dir}` or retrain with `dvc repro train@{model_dir.name}`"
+    info = read_json(info_path, restore)
     try:
-        info = json.loads(info_path.read_text())
         weights = weights_path.read_bytes()
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"{info_path}: not valid JSON ({error}); {restore}") from None
+    except IsADirectoryError:
+        raise DataError(f"{weights_path}: is a folder, not a checkpoint; {restore}") from None
     if not isinstance(info, dict) or bytes_digest(weights) != info.get("sha256"):
         raise DataError(
             f"{weights_path}: its SHA-256 does not match {info_path.name}: the checkpoint is damaged; {restore}"
         )
+    check_description(info, info_path, ModelInfo, restore)
     try:
         model = create_model(info["model"], info["input_shape"], info["n_outputs"], **info["model_kwargs"])
-    except (KeyError, TypeError) as error:
+    except ParamsError as error:  # the model's name or options, as model.json gives them
+        raise DataError(f"{info_path}: {error}; {restore}") from None
+    except TypeError as error:
         raise DataError(f"{info_path}: not a model description ({_first_line(error)}); {restore}") from None
     state = safe_load(weights_path, data=weights)
     try:

@@ -9,18 +9,80 @@ No torch here; the arrays load with allow_pickle=False.
 
 from __future__ import annotations
 
-import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from torchrepro.core.errors import DataError
-from torchrepro.core.io import atomic_dir, file_digest, write_json
+from torchrepro.core.io import atomic_dir, file_digest, read_json, write_json
 
 SPLITS = ("train.npz", "test.npz")
+Count = Annotated[int, Field(ge=1)]
+
+
+class Normalization(BaseModel):
+    """x -> (x * scale - mean) / std; mean and std are scalars or arrays that broadcast to one input."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+    method: str
+    scale: Annotated[float, Field(gt=0)]
+    mean: Any
+    std: Any
+
+
+class Description(BaseModel):
+    """What meta.json and model.json both say about the data. Their digests catch damage to the
+    array and weight files; this catches an edited or foreign description before its values
+    reach numpy or torch as shapes, class lists or divisors."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    task: Literal["classification", "regression"]
+    input_shape: Annotated[list[Annotated[int, Field(ge=1, le=2**20)]], Field(min_length=1, max_length=3)]
+    classes: list[str]
+    feature_names: list[str]
+    normalize: Normalization
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Description:
+        if self.task == "classification" and (not self.classes or len(set(self.classes)) != len(self.classes)):
+            raise ValueError(f"classes: a classifier needs distinct class names, got {self.classes}")
+        if self.task == "regression" and self.classes:
+            raise ValueError("classes: a regression has no classes")
+        if len(self.input_shape) == 1 and len(self.feature_names) != self.input_shape[0]:
+            raise ValueError(f"feature_names: {len(self.feature_names)} names for {self.input_shape[0]} features")
+        for name in ("mean", "std"):
+            try:
+                value = np.asarray(getattr(self.normalize, name), dtype=np.float64)
+                np.broadcast_shapes(value.shape, tuple(self.input_shape))
+            except (ValueError, TypeError):
+                raise ValueError(f"normalize.{name}: not numbers of the input's shape {self.input_shape}") from None
+            if not np.isfinite(value).all() or (name == "std" and not (value > 0).all()):
+                raise ValueError(f"normalize.{name}: must be finite{' and positive' if name == 'std' else ''}")
+        return self
+
+
+class Meta(Description):
+    kind: Literal["image", "tabular"]
+    target: str
+    n_train: Count
+    n_test: Count
+    sha256: dict[str, str]
+
+
+def check_description(raw: Any, path: Path, schema: type[Description], hint: str) -> dict[str, Any]:
+    """`raw` (parsed JSON) if it fits `schema`, else a DataError naming the file, the key and `hint`."""
+    try:
+        schema.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        message = first["msg"].removeprefix("Value error, ")
+        raise DataError(f"{path}: {where + ': ' if where else ''}{message}; {hint}") from None
+    return raw
 
 
 @dataclass
@@ -61,14 +123,12 @@ def _restore_hint(path: Path) -> str:
 
 def _load_meta(path: Path) -> dict[str, Any]:
     try:
-        meta = json.loads(path.read_text())
+        meta = read_json(path, _restore_hint(path))
     except FileNotFoundError:
         raise DataError(f"{path}: not found; run the normalize stage first") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: not valid JSON ({error}); {_restore_hint(path)}") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), dict):
         raise DataError(f"{path}: not a processed-data description (no sha256 digests); {_restore_hint(path)}")
-    return meta
+    return check_description(meta, path, Meta, _restore_hint(path))
 
 
 def _load_npz(path: Path, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -76,6 +136,8 @@ def _load_npz(path: Path, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]
         actual = file_digest(path)
     except FileNotFoundError:
         raise DataError(f"{path}: not found; run the normalize stage first") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not an array file; {_restore_hint(path)}") from None
     if actual != meta["sha256"].get(path.name):
         raise DataError(f"{path}: its SHA-256 does not match meta.json: the file is damaged; {_restore_hint(path)}")
     try:
@@ -84,9 +146,34 @@ def _load_npz(path: Path, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]
             x, y = npz["x"], npz["y"]
     except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         raise DataError(f"{path}: corrupt or truncated ({error})") from None
-    if len(x) != len(y):
-        raise DataError(f"{path}: {len(x)} inputs but {len(y)} targets")
+    if (problem := _array_problem(x, y, meta, path.name)) is not None:
+        raise DataError(f"{path}: {problem}; {_restore_hint(path)}")
     return x, y
+
+
+def _array_problem(x: np.ndarray, y: np.ndarray, meta: dict[str, Any], name: str) -> str | None:
+    """What is wrong with a split's arrays against meta.json, or None. The digest says the file
+    is the one normalize wrote; this says it holds what the later stages can use."""
+    shape, n = tuple(meta["input_shape"]), meta["n_train" if name == "train.npz" else "n_test"]
+    classification = meta["task"] == "classification"
+    if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
+        return f"{len(x) if x.ndim else 'no'} inputs but {len(y) if y.ndim else 'no'} targets"
+    if x.dtype != np.float32 or x.shape[1:] != shape or x.ndim != 1 + len(shape):
+        return f"x is {x.dtype} {x.shape}, expected float32 (N, {', '.join(map(str, shape))})"
+    want = np.int64 if classification else np.float32
+    if y.dtype != want or y.shape != (len(x),):
+        return f"y is {y.dtype} {y.shape}, expected {np.dtype(want)} ({len(x)},)"
+    if len(x) != n:
+        return f"{len(x)} examples, but meta.json says {n}"
+    # A float64 sum needs no array the size of x, and is finite exactly when every value is.
+    if not np.isfinite(np.add.reduce(x.reshape(-1), dtype=np.float64)):
+        row = int(np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(1))[0])
+        return f"x holds NaN or infinity (example {row})"
+    if classification and (y.min() < 0 or y.max() >= len(meta["classes"])):
+        return f"labels must be 0..{len(meta['classes']) - 1} (one per class), found {y.min()}..{y.max()}"
+    if not classification and not np.isfinite(y).all():
+        return "y holds NaN or infinity"
+    return None
 
 
 def apply(x: np.ndarray, meta: dict[str, Any]) -> np.ndarray:

@@ -10,11 +10,16 @@ a bad value fails before any data is read.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable
+import json
+import math
+import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from functools import cache
+from typing import Any, get_type_hints
 
 import torch
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 from torch import nn
 from torch.optim import lr_scheduler
 
@@ -49,6 +54,10 @@ SCHEDULERS_UNSUPPORTED = {
     "chainedscheduler": "takes other schedulers",
 }
 PER_BATCH = {"onecycle", "cyclic"}  # stepped after every batch, as their documentation says
+SIMULATED_STEPS = 100_000  # a schedule is run on a stand-in for at most this many steps (~1 s)
+# Names torch.optim's string annotations use but its modules do not import at run time.
+# Lists, not iterables: pydantic checks an iterable's items only as it is consumed.
+HINT_NAMES = {"Callable": Callable, "Iterable": list, "Sequence": list}
 
 
 def _allowed(cls: type, skip: tuple[str, ...]) -> list[str]:
@@ -70,6 +79,44 @@ def _check_keys(cls: type, options: dict[str, Any], skip: tuple[str, ...], key: 
     ]
     if required:
         raise ParamsError(f"{key}.{required[0]}: required by {what} {cls.__name__}")
+
+
+@cache
+def _option_types(cls: type) -> dict[str, TypeAdapter]:
+    """A validator for each keyword option of a torch.optim class, from its annotations."""
+    config = ConfigDict(strict=True, arbitrary_types_allowed=True, allow_inf_nan=False)
+    hints = get_type_hints(cls.__init__, localns=HINT_NAMES)
+    return {name: TypeAdapter(hint, config=config) for name, hint in hints.items() if name != "return"}
+
+
+def _check_types(cls: type, options: dict[str, Any], key: str, what: str) -> None:
+    """Each option against its annotation, as YAML gives it (a list where torch says tuple).
+    torch checks some ranges but few types: `amsgrad: 2` or `step_size: "a"` would otherwise
+    train without a word or fail mid-training."""
+    types = _option_types(cls)
+    for name, value in options.items():
+        if name not in types:
+            continue
+        try:
+            types[name].validate_json(json.dumps(value), strict=True)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(map(str, (name, *first["loc"])))
+            raise ParamsError(f"{key}.{where}: {first['msg']} for {what} {cls.__name__} (got {value!r})") from None
+
+
+def _trial_step(optimizer: torch.optim.Optimizer, key: str) -> None:
+    """One step on a stand-in parameter: options torch accepts when building the optimizer but
+    refuses at its first step (capturable on a CPU, differentiable) fail here, before training."""
+    try:
+        optimizer.step()
+    # AssertionError: how torch.optim reports capturable=True on a device that cannot capture;
+    # OverflowError: an integer option too large for the kernels (eps: 10**30)
+    except (RuntimeError, ValueError, TypeError, AssertionError, OverflowError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ParamsError(
+            f"{key}: {type(optimizer).__name__} cannot take a step with these options: {reason}"
+        ) from None
 
 
 def _as_torch(options: dict[str, Any]) -> dict[str, Any]:
@@ -94,9 +141,13 @@ def make_optimizer(
     cls = optimizer_class(cfg.optimizer, key)
     options = _as_torch(cfg.optimizer_options)
     _check_keys(cls, options | {"lr": cfg.lr}, ("params",), key, "optimizer")
+    _check_types(cls, cfg.optimizer_options, key, "optimizer")
     if device.type == "cuda" and "fused" in _allowed(cls, ()) and not {"fused", "foreach"} & set(options):
         options["fused"] = True
     try:
+        stand_in = nn.Parameter(torch.zeros(2, device=device))
+        stand_in.grad = torch.ones_like(stand_in)
+        _trial_step(cls([stand_in], lr=cfg.lr, **options), key)
         return cls(params, lr=cfg.lr, **options)
     except (ValueError, TypeError, RuntimeError) as error:
         raise ParamsError(f"{key}: {cls.__name__}: {error}") from None
@@ -142,7 +193,7 @@ def make_schedule(
     key = f"{key}.scheduler"
     name = scheduler_name(cfg.scheduler, key)
     cls = SCHEDULERS[name]
-    options = _as_torch(cfg.scheduler.options)
+    options = dict(cfg.scheduler.options)
     if name == "onecycle":
         options.setdefault("max_lr", cfg.lr)
         if not {"total_steps", "epochs", "steps_per_epoch"} & set(options):
@@ -150,16 +201,47 @@ def make_schedule(
     elif name == "cosineannealing":
         options.setdefault("T_max", cfg.epochs)
     _check_keys(cls, options, ("optimizer",), key, "scheduler")
+    _check_types(cls, options, key, "scheduler")
+    options = _as_torch(options)
+    per_batch, needs_metric = name in PER_BATCH, name == "reducelronplateau"
+    steps = cfg.epochs * (steps_per_epoch if per_batch else 1)
+    _simulate(cls, options, optimizer, min(steps, SIMULATED_STEPS), needs_metric, key)
     try:
         scheduler = cls(optimizer, **options)
     except (ValueError, TypeError, KeyError, ZeroDivisionError) as error:
         raise ParamsError(f"{key}: {cls.__name__}: {error}") from None
-    return Schedule(scheduler, per_batch=name in PER_BATCH, needs_metric=name == "reducelronplateau")
+    return Schedule(scheduler, per_batch, needs_metric)
 
 
-def check(cfg: Train, key: str = "train") -> None:
-    """Build cfg's optimizer and scheduler on a stand-in parameter: every name, option and
-    range that torch checks is checked here, before any stage reads data."""
-    stand_in = [nn.Parameter(torch.zeros(2, 2))]
-    optimizer = make_optimizer(stand_in, cfg, torch.device("cpu"), key)
+def _simulate(cls: type, options: dict, optimizer: torch.optim.Optimizer, steps: int, needs_metric: bool, key: str):
+    """Run the schedule for the whole training on a stand-in with the optimizer's settings: a
+    step_size of 0, a OneCycleLR shorter than the training or a negative gamma would otherwise
+    fail mid-training, or train with a negative learning rate (gradient ascent) without a word."""
+    stand_in = torch.optim.SGD([nn.Parameter(torch.zeros(1))])
+    stand_in.param_groups[0].update({k: v for k, v in optimizer.param_groups[0].items() if k != "params"})
+    stand_in.defaults = dict(optimizer.defaults)
+    step = 0
+    try:
+        with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": no training here
+            warnings.simplefilter("ignore")
+            scheduler = cls(stand_in, **options)
+            for step in range(1, steps + 1):
+                scheduler.step(1.0) if needs_metric else scheduler.step()
+                lr = float(stand_in.param_groups[0]["lr"])
+                if not (math.isfinite(lr) and lr >= 0):
+                    raise ParamsError(
+                        f"{key}: {cls.__name__} makes the learning rate {lr:g} at step {step}; it must stay finite and >= 0"
+                    )
+    except (ValueError, TypeError, KeyError, IndexError, ZeroDivisionError, OverflowError) as error:
+        when = f" at step {step}" if step else ""
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ParamsError(f"{key}: {cls.__name__} fails{when}: {reason}") from None
+
+
+def check(cfg: Train, key: str = "train", device: torch.device | None = None) -> None:
+    """Build cfg's optimizer and scheduler on a stand-in parameter on `device` (CPU by default):
+    every name, option and range that torch checks is checked here, before any stage reads data."""
+    device = device or torch.device("cpu")
+    stand_in = [nn.Parameter(torch.zeros(2, 2, device=device))]
+    optimizer = make_optimizer(stand_in, cfg, device, key)
     make_schedule(optimizer, cfg, steps_per_epoch=1, key=key)
