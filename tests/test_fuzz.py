@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import hashlib
 import io
 import json
@@ -184,6 +185,9 @@ def run_entry(argv: list[str], cwd: Path) -> Outcome:
     err, out = io.StringIO(), io.StringIO()
     code, escaped = 0, None
     saved_argv, saved_env = sys.argv, dict(os.environ)
+    # Garbage of earlier tests (dulwich's ObjectStore of an in-process DVC call warns when
+    # it is collected) must not be collected, and its warning recorded, during this run.
+    gc.collect()
     with warnings.catch_warnings(record=True) as warned, contextlib.chdir(cwd):
         warnings.simplefilter("always")
         try:

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from torchrepro.core.errors import UserError
 from torchrepro.models.inference import EVAL_BATCH, loss_fn, predict
+from torchrepro.train.distributed import World
 from torchrepro.train.optim import Schedule
 
 CHUNK_BYTES = 8 << 20  # how much of the shuffled training set to gather at a time
@@ -59,6 +60,7 @@ class Trainer:
     batch_size: int
     seed: int
     schedule: Schedule | None = None
+    world: World = World()
     shuffle: torch.Generator = field(init=False)
 
     def __post_init__(self) -> None:
@@ -67,6 +69,13 @@ class Trainer:
         self.chunk = max(1, CHUNK_BYTES // sample_bytes // self.batch_size) * self.batch_size
         # Its own generator, so the batch order does not depend on dropout's draws.
         self.shuffle = torch.Generator(device=self.train.x.device).manual_seed(self.seed)
+        # What the training steps call: under several ranks, DDP's wrapper averages gradients.
+        self.step_model = self.model
+        if self.world.size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.train.x.device] if self.train.x.is_cuda else None
+            self.step_model = DistributedDataParallel(self.model, device_ids=device_ids)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -74,12 +83,12 @@ class Trainer:
 
     def train_epoch(self, progress: tqdm | None = None) -> tuple[float, float | None]:
         """One pass over a fresh permutation; returns mean loss and accuracy (None for regression)."""
-        self.model.train()
+        self.step_model.train()
         n, device = len(self.train), self.train.x.device
         perm = torch.randperm(n, generator=self.shuffle, device=device)
-        # Per-step results go into buffers on the device: one copy op each, no .item() sync.
-        losses = torch.empty(self.steps_per_epoch, device=device)
-        predictions = torch.empty(n if self.task == "classification" else 0, dtype=torch.long, device=device)
+        # Per-step results go into buffers on the device: one op each, no .item() sync.
+        losses = torch.zeros(self.steps_per_epoch, device=device)  # each batch's summed loss
+        correct = torch.zeros((), dtype=torch.long, device=device)
         step = 0
         for chunk_start in range(0, n, self.chunk):
             # Gather a chunk of whole batches at once; the batches inside are views of it.
@@ -87,24 +96,32 @@ class Trainer:
             index = perm[chunk_start : chunk_start + self.chunk]
             x, y = self.train.x[index], self.train.y[index]
             for start in range(0, len(index), self.batch_size):
-                xb, yb = x[start : start + self.batch_size], y[start : start + self.batch_size]
-                out = self.model(xb)
-                loss = self.loss(out, yb)
+                end = min(start + self.batch_size, len(index))
+                lo, hi = self.world.part(start, end)
+                xb, yb = x[lo:hi], y[lo:hi]
+                out = self.step_model(xb)
+                loss = self.loss(out, yb) if len(yb) else out.sum() * 0.0
+                if self.world.size > 1:
+                    # DDP averages gradients over the ranks: weighting each rank's mean by its
+                    # share of the batch makes that average the whole batch's mean loss.
+                    loss = loss * (len(yb) * self.world.size / (end - start))
+                    summed = loss.detach() * ((end - start) / self.world.size)
+                else:
+                    summed = loss.detach() * len(yb)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
                 if self.schedule is not None:
                     self.schedule.after_batch()
-                losses[step] = loss.detach()
+                losses[step] = summed
                 if self.task == "classification":
-                    predictions[chunk_start + start : chunk_start + start + len(yb)] = out.argmax(1)
+                    correct += (out.argmax(1) == yb).sum()
                 step += 1
                 if progress is not None:
                     progress.update(1)
-        sizes = torch.tensor([min(self.batch_size, n - s) for s in range(0, n, self.batch_size)], device=device)
-        mean_loss = (losses * sizes).sum().item() / n
+        mean_loss = self.world.sum(losses).sum().item() / n
         if self.task == "classification":
-            return mean_loss, (predictions == self.train.y[perm]).sum().item() / n
+            return mean_loss, self.world.sum(correct).item() / n
         return mean_loss, None
 
     def snapshot(self, history: list[dict]) -> dict:

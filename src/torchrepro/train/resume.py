@@ -80,20 +80,24 @@ class ResumeStore:
         self.every_s = every_s
         self._last_save = time.monotonic()
 
-    def load(self) -> dict[str, Any] | None:
-        """The matching checkpoint's state, or None (with a warning when one is ignored)."""
-        self._tidy()
+    def load(self, tidy: bool = True) -> dict[str, Any] | None:
+        """The matching checkpoint's state, or None (with a warning when one is ignored).
+        `tidy`: also remove what nobody can use; one rank of several alone does it and warns."""
+        if tidy:
+            self._tidy()
         if not self.path.exists():
             return None
         try:
             header, payload = read_header(self.path)
             state = safe_load(self.path, data=payload)
-        except DataError as error:
-            warn(f"ignoring resume checkpoint: {error}; starting over")
-            self.path.unlink(missing_ok=True)
+        except (DataError, FileNotFoundError) as error:  # not found: another rank removed it
+            if tidy:
+                warn(f"ignoring resume checkpoint: {error}; starting over")
+                self.path.unlink(missing_ok=True)
             return None
         if header.get("fingerprint") != self.fingerprint or not isinstance(state, dict):
-            warn(f"ignoring resume checkpoint {self.path}: its fingerprint does not match; starting over")
+            if tidy:
+                warn(f"ignoring resume checkpoint {self.path}: its fingerprint does not match; starting over")
             return None
         return state
 

@@ -20,6 +20,7 @@ from torchrepro.core.params import Params
 from torchrepro.models.checkpoint import save_model
 from torchrepro.models.nets import count_parameters, create_model
 from torchrepro.normalize import store
+from torchrepro.train.distributed import World
 from torchrepro.train.loop import Split, Trainer, fit, seed_everything
 from torchrepro.train.optim import make_optimizer, make_schedule
 from torchrepro.train.resume import ResumeStore, interval_from_env
@@ -54,8 +55,20 @@ def run(params: Params, experiment: str, progress: bool = True) -> dict:
     """Train one experiment from params.yaml; writes its model, metrics and log. Returns the log."""
     exp = params.experiment(experiment)
     key = f"experiments.{experiment}"
-    device = resolve_device(params.device_for(experiment), key=f"{key}.device" if exp.device else "device")
+    device_key = f"{key}.device" if exp.device else "device"
+    world = World.from_env()
+    device = world.device(resolve_device(params.device_for(experiment), key=device_key), device_key)
     settings = determinism.apply(params.determinism, device)
+    world.start(device)
+    try:
+        return _train(params, experiment, device, settings, world, progress and world.is_main)
+    finally:
+        world.stop()
+
+
+def _train(params: Params, experiment: str, device, settings: dict, world: World, progress: bool) -> dict:
+    exp = params.experiment(experiment)
+    key = f"experiments.{experiment}"
     paths = params.paths
     data = store.load(paths.processed_dir(exp.dataset))
     meta, seed = data.meta, params.seed_for(experiment)
@@ -73,6 +86,7 @@ def run(params: Params, experiment: str, progress: bool = True) -> dict:
         meta["task"],
         exp.train.batch_size,
         seed,
+        world=world,
     )
     trainer.schedule = make_schedule(optimizer, exp.train, trainer.steps_per_epoch, key=f"{key}.train")
 
@@ -85,12 +99,20 @@ def run(params: Params, experiment: str, progress: bool = True) -> dict:
         "torch": str(torch.__version__),
         "code": code_digest(),
         "snapshot": SNAPSHOT_LAYOUT,
+        "world_size": world.size,  # the ranks' slices sum in another order: other bytes
     }
     resume = ResumeStore(paths.resume_dir(experiment), fingerprint, exp.train.epochs, interval_from_env())
     history: list[dict] = []
-    if (state := resume.load()) is not None:
+    if (state := resume.load(tidy=world.is_main)) is not None:
         history = trainer.restore(state)
-        print(f"{experiment}: resumed from epoch {len(history)} ({resume.path})", file=sys.stderr)
+        if world.is_main:
+            print(f"{experiment}: resumed from epoch {len(history)} ({resume.path})", file=sys.stderr)
+    world.agree(len(history), "the epoch to resume from")
+    resumed_from = len(history)
+
+    if not world.is_main:  # rank 0 alone writes: the other ranks only train
+        fit(trainer, exp.train.epochs, history, None, progress=False)
+        return {}
 
     live = open_live(paths.train_live_dir(experiment))
     for row in history:  # replayed, so the files read as if the run had never stopped
@@ -100,7 +122,6 @@ def run(params: Params, experiment: str, progress: bool = True) -> dict:
         log_epoch(live, history[-1])
         resume.save(trainer.snapshot(history), epoch)
 
-    resumed_from = len(history)
     history, seconds = fit(trainer, exp.train.epochs, history, end_of_epoch, progress)
     live.end()
 
@@ -127,6 +148,7 @@ def run(params: Params, experiment: str, progress: bool = True) -> dict:
         "device": str(device),
         "device_name": describe(device),
         **settings,
+        "world_size": world.size,
         "resumed_from_epoch": resumed_from,
         "epochs_run": len(seconds),
         "train_seconds": round(sum(seconds), 4),
