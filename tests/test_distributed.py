@@ -26,15 +26,17 @@ TRAIN = {"optimizer": "adam", "lr": 0.01, "batch_size": 7, "epochs": 3}
 
 
 def test_one_process_without_a_launcher():
-    assert World.from_env({}) == World(1, 0, 0)
+    assert World.from_env("python", {}) == World(1, 0, 0)
+    # A job script's own shell has SLURM's names too: they count only under srun.
+    assert World.from_env("python", {"SLURM_NTASKS": "4", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}) == World()
 
 
 def test_torchrun_and_srun_environments():
-    assert World.from_env({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}) == World(4, 3, 1)
+    assert World.from_env("torchrun --nnodes 2", {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}) == World(4, 3, 1)
     env = {"SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "1", "MASTER_ADDR": "n1", "MASTER_PORT": "29500"}
     saved = dict(os.environ)
     try:
-        assert World.from_env(env) == World(2, 1, 1)
+        assert World.from_env("srun python", env) == World(2, 1, 1)
         assert (os.environ["WORLD_SIZE"], os.environ["RANK"]) == ("2", "1")  # for env:// rendezvous
     finally:
         os.environ.clear()
@@ -51,7 +53,7 @@ def test_torchrun_and_srun_environments():
 )
 def test_a_broken_launcher_environment_is_one_error(env, message):
     with pytest.raises(ParamsError, match=message.replace("[", r"\[").replace(")", r"\)")):
-        World.from_env(env)
+        World.from_env("srun python", env)
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 8])

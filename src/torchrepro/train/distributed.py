@@ -58,29 +58,33 @@ class World:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | os._Environ = os.environ) -> World:
-        """The world that torchrun or srun describe in the environment; one process otherwise."""
-        for launcher, names in LAUNCHERS.items():
-            if names[0] not in env:
-                continue
-            try:
-                size, rank, local_rank = (int(env[name]) for name in names)
-            except (KeyError, ValueError):
-                shown = ", ".join(f"{n}={env.get(n)!r}" for n in names)
-                raise ParamsError(f"launcher: {launcher}'s environment is incomplete: {shown}") from None
-            if not (size >= 1 and 0 <= rank < size and 0 <= local_rank < size):
-                raise ParamsError(f"launcher: {names[0]}={size}, {names[1]}={rank}: the rank must lie in [0, size)")
-            if size > 1 and launcher == "srun":
-                for name in ("MASTER_ADDR", "MASTER_PORT"):
-                    if name not in env:
-                        raise ParamsError(
-                            f"launcher: srun started {size} tasks but {name} is not set; export MASTER_ADDR "
-                            "(the first node's host name) and MASTER_PORT (a free port) in the job script"
-                        )
-                # torch.distributed's env:// rendezvous reads torchrun's names.
-                os.environ.update(WORLD_SIZE=str(size), RANK=str(rank), LOCAL_RANK=str(local_rank))
-            return cls(size, rank, local_rank)
-        return cls()
+    def from_env(cls, launcher: str = "python", env: dict[str, str] | os._Environ = os.environ) -> World:
+        """The world that torchrun or srun describe in the environment; one process otherwise.
+        SLURM's names count only under an `srun` launcher: a job script's own shell has them too."""
+        if "WORLD_SIZE" in env:
+            launcher = "torchrun"
+        elif launcher.split()[0] == "srun" and "SLURM_NTASKS" in env:
+            launcher = "srun"
+        else:
+            return cls()
+        names = LAUNCHERS[launcher]
+        try:
+            size, rank, local_rank = (int(env[name]) for name in names)
+        except (KeyError, ValueError):
+            shown = ", ".join(f"{n}={env.get(n)!r}" for n in names)
+            raise ParamsError(f"launcher: {launcher}'s environment is incomplete: {shown}") from None
+        if not (size >= 1 and 0 <= rank < size and 0 <= local_rank < size):
+            raise ParamsError(f"launcher: {names[0]}={size}, {names[1]}={rank}: the rank must lie in [0, size)")
+        if size > 1 and launcher == "srun":
+            for name in ("MASTER_ADDR", "MASTER_PORT"):
+                if name not in env:
+                    raise ParamsError(
+                        f"launcher: srun started {size} tasks but {name} is not set; export MASTER_ADDR "
+                        "(the first node's host name) and MASTER_PORT (a free port) in the job script"
+                    )
+            # torch.distributed's env:// rendezvous reads torchrun's names.
+            os.environ.update(WORLD_SIZE=str(size), RANK=str(rank), LOCAL_RANK=str(local_rank))
+        return cls(size, rank, local_rank)
 
     def part(self, start: int, end: int) -> tuple[int, int]:
         """This rank's rows of the batch [start, end): contiguous, sizes within one of each other."""
