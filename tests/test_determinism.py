@@ -130,3 +130,42 @@ def test_a_host_without_the_pinned_kernels_is_warned_about(monkeypatch, capsys):
     determinism._check_capability()
     err = capsys.readouterr().err
     assert err.startswith("warning: determinism: portable: ") and "DEFAULT" in err and err.count("\n") == 1
+
+
+# The optimizer steps of the shipped recipes, as the train stage builds them (make_optimizer),
+# on fixed parameters and gradients; prints the SHA-256 of the parameters after 20 steps.
+STEPS = """
+import hashlib, sys, torch
+from torchrepro.core.params import Train
+from torchrepro.train.optim import make_optimizer
+torch.set_num_threads(1)
+generator = torch.Generator().manual_seed(0)
+digest = hashlib.sha256()
+for name, options in [("adam", {}), ("adamw", {}), ("sgd", {"momentum": 0.9}), ("adagrad", {})]:
+    weights = torch.nn.Parameter(torch.randn(4099, generator=generator))
+    optimizer = make_optimizer([weights], Train(optimizer=name, lr=0.01, **options), torch.device("cpu"))
+    for _ in range(20):
+        weights.grad = torch.randn(4099, generator=generator)
+        optimizer.step()
+    digest.update(weights.detach().numpy().tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_optimizer_steps_do_not_move_with_mkls_code_branch():
+    """MKL picks its code by CPU, and by vendor even in its COMPATIBLE branch: torch's unfused
+    optimizers take their square roots through MKL's vector math, and their last bits then
+    differ between an Intel and an AMD host. Forcing MKL's other branches on this host stands in
+    for those hosts: the steps the recipes run (fused kernels, ATen's own code) must not move."""
+    branches = ("COMPATIBLE", "SSE4_2", "AVX2")
+    digests = {
+        branch: subprocess.run(
+            [sys.executable, "-c", STEPS],
+            env=host_env(ATEN_CPU_CAPABILITY="avx2", MKL_CBWR=branch, OMP_NUM_THREADS="1"),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for branch in branches
+    }
+    assert len(set(digests.values())) == 1, digests

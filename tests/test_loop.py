@@ -128,15 +128,17 @@ def reference_loop(model, optimizer, split: Split, task: str, batch_size: int, s
     return epoch_losses, epoch_correct
 
 
-def textbook_optimizer(params, cfg: Train) -> torch.optim.Optimizer:
-    """The optimizer as pytorch/examples writes it: the class, by hand."""
+def textbook_optimizer(params, cfg: Train, like: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The optimizer as pytorch/examples writes it: the class, by hand, with the kernel that
+    `like` runs (fused or not: the same arithmetic in another order)."""
     classes = {
         "sgd": torch.optim.SGD,
         "adam": torch.optim.Adam,
         "adamw": torch.optim.AdamW,
         "adadelta": torch.optim.Adadelta,
     }
-    return classes[cfg.optimizer](params, lr=cfg.lr, **cfg.optimizer_options)
+    kernel = {"fused": True} if like.defaults.get("fused") else {}
+    return classes[cfg.optimizer](params, lr=cfg.lr, **cfg.optimizer_options, **kernel)
 
 
 def textbook_scheduler(optimizer, cfg: Train, steps_per_epoch: int, epochs: int):
@@ -174,7 +176,7 @@ def test_fast_loop_equals_the_textbook_loop(task, cfg, chunked, monkeypatch):
 
     reference = make_trainer(seed=seed, cfg=cfg, task=task)  # same initial weights
     assert state_bytes(reference) != state_bytes(trainer)  # the check below compares trained weights
-    textbook = textbook_optimizer(reference.model.parameters(), cfg)
+    textbook = textbook_optimizer(reference.model.parameters(), cfg, like=trainer.optimizer)
     scheduler = textbook_scheduler(textbook, cfg, reference.steps_per_epoch, epochs)
     losses, accuracy = reference_loop(
         reference.model, textbook, reference.train, task, cfg.batch_size, seed, epochs, scheduler
@@ -204,7 +206,7 @@ def test_cuda_trainer_equals_the_textbook_loop_on_the_device():
     trainer, reference = on_device(), on_device()
     history, _ = fit(trainer, 2, progress=False)
     assert trainer.shuffle.device.type == "cuda"  # the permutation is drawn on the device
-    textbook = textbook_optimizer(reference.model.parameters(), cfg)
+    textbook = textbook_optimizer(reference.model.parameters(), cfg, like=trainer.optimizer)
     losses, _ = reference_loop(reference.model, textbook, reference.train, "classification", cfg.batch_size, seed, 2)
     for fast, slow in zip(trainer.model.state_dict().values(), reference.model.state_dict().values()):
         assert fast.is_cuda

@@ -3,8 +3,8 @@ offline and reproduces the committed metrics/ byte for byte.
 
 It clones the commit, not the working tree: a `make repro` that has just rewritten metrics/
 must not be what the rerun is compared with. The metrics were made under `determinism:
-portable`, so this holds on every x86-64 host with AVX2 or AVX-512, whatever its core count;
-the stages run with the host's own thread count. The run starts when the tests are collected
+portable`, so this holds on every x86-64 host with AVX2 or AVX-512, Intel or AMD, whatever
+its core count; the stages run with the host's own thread count. The run starts when the tests are collected
 (conftest.py) and is checked here, last.
 """
 

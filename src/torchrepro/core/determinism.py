@@ -7,7 +7,10 @@ every library that picks an order from the host is pinned:
     torch would otherwise sum 16 floats at a time instead of 8.
   - MKL, which does torch's matrix products, runs its COMPATIBLE branch of conditional
     numerical reproducibility (MKL_CBWR=COMPATIBLE): the one branch Intel documents as giving
-    the same results on Intel and non-Intel CPUs. It needs a fixed thread count.
+    the same results on Intel and non-Intel CPUs. It needs a fixed thread count. MKL's vector
+    math (VML: exp, log, sqrt, tanh of whole tensors) still picks its code by CPU vendor, so
+    the optimizers run fused kernels, ATen's own code (train/optim.py), and one that has none
+    is warned about.
   - One intra-op thread: ATen's parallel reductions split their work by thread count too.
   - oneDNN and NNPACK are off: they choose kernels and blocking from the host's ISA and cache
     sizes and promise repeatable results only on one platform; convolutions then run on
@@ -80,4 +83,9 @@ def _check_capability() -> None:
         why = f"torch runs its {capability} CPU kernels here, not {PORTABLE_CAPABILITY}"
     else:
         return
-    print(f"warning: determinism: portable: {why}; results may differ from other machines'", file=sys.stderr)
+    warn(f"{why}; results may differ from other machines'")
+
+
+def warn(why: str) -> None:
+    """A portable run whose bytes may not match other hosts': one line, once."""
+    print(f"warning: determinism: portable: {why}", file=sys.stderr)

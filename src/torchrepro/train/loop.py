@@ -17,7 +17,9 @@ from tqdm import tqdm
 
 from torchrepro.core.errors import UserError
 from torchrepro.models.inference import EVAL_BATCH, loss_fn, predict
+from torchrepro.train import graphs
 from torchrepro.train.distributed import World
+from torchrepro.train.graphs import GraphedSteps
 from torchrepro.train.optim import Schedule
 
 CHUNK_BYTES = 8 << 20  # how much of the shuffled training set to gather at a time
@@ -62,6 +64,7 @@ class Trainer:
     schedule: Schedule | None = None
     world: World = World()
     shuffle: torch.Generator = field(init=False)
+    graphed: GraphedSteps | None | bool = field(init=False, default=False)  # False: not planned yet
 
     def __post_init__(self) -> None:
         self.loss = loss_fn(self.task)
@@ -83,6 +86,10 @@ class Trainer:
 
     def train_epoch(self, progress: tqdm | None = None) -> tuple[float, float | None]:
         """One pass over a fresh permutation; returns mean loss and accuracy (None for regression)."""
+        if self.graphed is False:  # planned at the first epoch: after a resume restored the state
+            self.graphed = graphs.plan(self)
+        if self.graphed is not None:
+            return self.graphed.epoch(progress)
         self.step_model.train()
         n, device = len(self.train), self.train.x.device
         perm = torch.randperm(n, generator=self.shuffle, device=device)

@@ -38,6 +38,9 @@ OPTIMIZERS = {
     if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer) and cls is not torch.optim.Optimizer
 }
 
+# Optimizers whose step takes a square root (of a running mean of squared gradients).
+TAKES_SQUARE_ROOTS = {"adam", "adamw", "adadelta", "adagrad", "rmsprop", "nadam", "radam", "adafactor"}
+
 SCHEDULER_ALIASES = {"cosine": "cosineannealing", "plateau": "reducelronplateau"}
 SCHEDULERS = {
     cls.__name__.lower().removesuffix("lr"): cls
@@ -142,15 +145,54 @@ def make_optimizer(
     options = _as_torch(cfg.optimizer_options)
     _check_keys(cls, options | {"lr": cfg.lr}, ("params",), key, "optimizer")
     _check_types(cls, cfg.optimizer_options, key, "optimizer")
-    if device.type == "cuda" and "fused" in _allowed(cls, ()) and not {"fused", "foreach"} & set(options):
-        options["fused"] = True
+    allowed = _allowed(cls, ())
+    # Fused kernels: one kernel a step, the step count on the device (CUDA graphs can capture
+    # it), and on the CPU ATen's own vector code instead of MKL's vector math, whose square
+    # roots differ in the last bit between Intel and AMD CPUs.
+    fused = options | {"fused": True}
+    chosen = {"fused", "foreach", "capturable", "differentiable"} & set(options)  # the recipe's own choice
+    if "fused" in allowed and not chosen and _accepts(cls, cfg.lr, fused, device):
+        options = fused
+    # Otherwise state on the device where the class allows it, so that a CUDA graph can capture the step.
+    capturable = options | {"capturable": True}
+    if (
+        device.type == "cuda"
+        and "capturable" in allowed
+        and not {"capturable", "fused"} & set(options)
+        and _accepts(cls, cfg.lr, capturable, device)
+    ):
+        options = capturable
     try:
-        stand_in = nn.Parameter(torch.zeros(2, device=device))
-        stand_in.grad = torch.ones_like(stand_in)
-        _trial_step(cls([stand_in], lr=cfg.lr, **options), key)
+        _trial_step(_stand_in_optimizer(cls, cfg.lr, options, device), key)
         return cls(params, lr=cfg.lr, **options)
     except (ValueError, TypeError, RuntimeError) as error:
         raise ParamsError(f"{key}: {cls.__name__}: {error}") from None
+
+
+def _accepts(cls: type, lr: float, options: dict[str, Any], device: torch.device) -> bool:
+    """Whether torch takes a step with these options on this device (kernels it has)."""
+    try:
+        _trial_step(_stand_in_optimizer(cls, lr, options, device), "")
+    except (ParamsError, ValueError, TypeError, RuntimeError):
+        return False
+    return True
+
+
+def host_dependent(optimizer: torch.optim.Optimizer) -> str | None:
+    """Why this CPU optimizer's bytes may differ between Intel and AMD hosts; None if they do not.
+    torch's unfused kernels take square roots through MKL's vector math (VML), which picks
+    its code by CPU vendor even under MKL_CBWR=COMPATIBLE; fused kernels use ATen's own."""
+    if all(group.get("fused") for group in optimizer.param_groups):
+        return None
+    if type(optimizer).__name__.lower() in TAKES_SQUARE_ROOTS:
+        return f"{type(optimizer).__name__} has no fused CPU kernel here; its square roots run in MKL's vector math"
+    return None
+
+
+def _stand_in_optimizer(cls: type, lr: float, options: dict[str, Any], device: torch.device) -> torch.optim.Optimizer:
+    stand_in = nn.Parameter(torch.zeros(2, device=device))
+    stand_in.grad = torch.ones_like(stand_in)
+    return cls([stand_in], lr=lr, **options)
 
 
 @dataclass

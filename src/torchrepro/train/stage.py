@@ -22,7 +22,7 @@ from torchrepro.models.nets import count_parameters, create_model
 from torchrepro.normalize import store
 from torchrepro.train.distributed import World
 from torchrepro.train.loop import Split, Trainer, fit, seed_everything
-from torchrepro.train.optim import make_optimizer, make_schedule
+from torchrepro.train.optim import host_dependent, make_optimizer, make_schedule
 from torchrepro.train.resume import ResumeStore, interval_from_env
 
 SNAPSHOT_LAYOUT = 3  # bump when Trainer.snapshot() changes: older resume files are then removed
@@ -56,7 +56,7 @@ def run(params: Params, experiment: str, progress: bool = True) -> dict:
     exp = params.experiment(experiment)
     key = f"experiments.{experiment}"
     device_key = f"{key}.device" if exp.device else "device"
-    world = World.from_env()
+    world = World.from_env(params.launcher)
     device = world.device(resolve_device(params.device_for(experiment), key=device_key), device_key)
     settings = determinism.apply(params.determinism, device)
     world.start(device)
@@ -78,6 +78,8 @@ def _train(params: Params, experiment: str, device, settings: dict, world: World
     model = create_model(exp.model.name, meta["input_shape"], n_outputs, key=f"{key}.model", **exp.model.options)
     model.to(device)
     optimizer = make_optimizer(model.parameters(), exp.train, device, key=f"{key}.train")
+    if params.determinism == "portable" and device.type == "cpu" and (why := host_dependent(optimizer)):
+        determinism.warn(f"{why}; results may differ between Intel and AMD CPUs")
     trainer = Trainer(
         model,
         optimizer,
