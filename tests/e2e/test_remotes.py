@@ -235,6 +235,7 @@ def test_killed_push_and_pull_complete_when_run_again(remote, workspace, tmp_pat
     assert_complete_clone(clone, workspace, outputs(workspace))
 
 
+@pytest.mark.slow  # 15-20 s for each kind; the default run keeps the missing-bucket failure
 def test_wrong_credentials_fail_with_the_servers_refusal_and_the_retry_completes(remote, workspace, tmp_path):
     use_remote(workspace, remote, remote.wrong_credentials)
     workspace.commit("team remote")
@@ -277,6 +278,7 @@ def test_s3_missing_bucket_fails_with_one_error_and_the_retry_completes(s3_serve
     assert_all_intact(remote.stored(), workspace)
 
 
+@pytest.mark.slow
 def test_webdav_short_object_passes_dvc_push_and_check_sizes_sends_it_again(webdav_server, workspace, tmp_path):
     remote = WebDAV(webdav_server, tmp_path.name)
     use_remote(workspace, remote, remote.credentials)
