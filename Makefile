@@ -57,10 +57,11 @@ test-ssh: setup  ## installs openssh-server (root, apt) and runs the SSH remote 
 		apt-get install -y -qq --no-install-recommends openssh-server; }
 	pytest -m "" tests/e2e/test_remotes.py -k ssh
 
-bench: setup  ## speed against the classic DataLoader loop, train-stage memory, pipeline overhead
+bench: setup  ## speed against the classic DataLoader loop, train-stage memory, pipeline overhead, 1 vs 2 processes
 	python bench/train_speed.py
 	python bench/train_memory.py
 	python bench/pipeline_overhead.py
+	python bench/distributed_speed.py
 
 clean:  ## remove pipeline outputs (the DVC cache keeps them restorable)
 	rm -rf data/raw data/processed models predictions plots logs reports dvc_plots .resume
