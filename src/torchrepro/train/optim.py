@@ -38,6 +38,7 @@ OPTIMIZERS = {
     if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer) and cls is not torch.optim.Optimizer
 }
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 # Optimizers whose step takes a square root (of a running mean of squared gradients).
 TAKES_SQUARE_ROOTS = {"adam", "adamw", "adadelta", "adagrad", "rmsprop", "nadam", "radam", "adafactor"}
 
@@ -139,12 +140,13 @@ def optimizer_class(name: str, key: str) -> type[torch.optim.Optimizer]:
 def make_optimizer(
     params: Iterable[nn.Parameter], cfg: Train, device: torch.device, key: str = "train"
 ) -> torch.optim.Optimizer:
-    """The torch.optim optimizer that cfg names, with its options; fused kernels on CUDA
-    where the class has them and the options do not choose otherwise."""
+    """The torch.optim optimizer that cfg names, with its options; fused kernels where the
+    class has them and the options do not choose otherwise."""
     cls = optimizer_class(cfg.optimizer, key)
     options = _as_torch(cfg.optimizer_options)
     _check_keys(cls, options | {"lr": cfg.lr}, ("params",), key, "optimizer")
     _check_types(cls, cfg.optimizer_options, key, "optimizer")
+    _check_float32(options | {"lr": cfg.lr}, key)
     allowed = _allowed(cls, ())
     # Fused kernels: one kernel a step, the step count on the device (CUDA graphs can capture
     # it), and on the CPU ATen's own vector code instead of MKL's vector math, whose square
@@ -167,6 +169,15 @@ def make_optimizer(
         return cls(params, lr=cfg.lr, **options)
     except (ValueError, TypeError, RuntimeError) as error:
         raise ParamsError(f"{key}: {cls.__name__}: {error}") from None
+
+
+def _check_float32(options: dict[str, Any], key: str) -> None:
+    """The kernels take the options as float32: a number past its range would be inf, and
+    training NaN (the unfused kernels said so only at their first step, the fused ones never)."""
+    for name, value in options.items():
+        for number in value if isinstance(value, tuple) else (value,):
+            if isinstance(number, float) and math.isfinite(number) and abs(number) > FLOAT32_MAX:
+                raise ParamsError(f"{key}.{name}: {number:g} is out of float32's range (at most {FLOAT32_MAX:.4g})")
 
 
 def _accepts(cls: type, lr: float, options: dict[str, Any], device: torch.device) -> bool:
