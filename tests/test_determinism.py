@@ -157,15 +157,12 @@ def test_optimizer_steps_do_not_move_with_mkls_code_branch():
     optimizers take their square roots through MKL's vector math, and their last bits then
     differ between an Intel and an AMD host. Forcing MKL's other branches on this host stands in
     for those hosts: the steps the recipes run (fused kernels, ATen's own code) must not move."""
+
+    def steps(branch: str) -> str:
+        env = host_env(ATEN_CPU_CAPABILITY="avx2", MKL_CBWR=branch, OMP_NUM_THREADS="1")
+        return subprocess.run([sys.executable, "-c", STEPS], env=env, capture_output=True, text=True, check=True).stdout
+
     branches = ("COMPATIBLE", "SSE4_2", "AVX2")
-    digests = {
-        branch: subprocess.run(
-            [sys.executable, "-c", STEPS],
-            env=host_env(ATEN_CPU_CAPABILITY="avx2", MKL_CBWR=branch, OMP_NUM_THREADS="1"),
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        for branch in branches
-    }
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        digests = dict(zip(branches, pool.map(steps, branches)))
     assert len(set(digests.values())) == 1, digests

@@ -6,7 +6,8 @@ line would (`stages/X.py` through runpy, predict and export through their main()
 process for speed, and asserts: exit status 2, exactly one `error:` line on stderr that names
 what to fix, no exception escaping (a traceback), no Python warning, and every file of the
 project byte for byte as it was, with none added. A few cases run again as real subprocesses
-at the end. Odd but valid inputs (a byte order mark, blank rows, a 16-bit PNG) are in a second
+at the end. The default run takes the first two cases of each kind at each entry point; the
+whole table is marked slow beyond them (`make test-all`, `pytest -m "" tests/test_fuzz.py`). Odd but valid inputs (a byte order mark, blank rows, a 16-bit PNG) are in a second
 table: they must give exactly the result of the plain input.
 """
 
@@ -1009,7 +1010,19 @@ case(
 )
 
 
-@pytest.mark.parametrize("name", list(CASES))
+def sampled(names: list[str], per_group: int = 2) -> list:
+    """The default run takes the first cases of each kind at each entry point (`params-...@train`
+    is kind `params` at `train`); the others are slow tests (`make test-all` runs them all)."""
+    seen: dict[tuple[str, str], int] = {}
+    params = []
+    for name in names:
+        group = (name.split("-")[0], name.partition("@")[2])
+        seen[group] = seen.get(group, 0) + 1
+        params.append(name if seen[group] <= per_group else pytest.param(name, marks=pytest.mark.slow))
+    return params
+
+
+@pytest.mark.parametrize("name", sampled(list(CASES)))
 def test_bad_input_is_one_error_line_and_changes_nothing(pristine, tmp_path, name):
     fuzz_case = CASES[name]
     root = tmp_path / "project"
