@@ -6,8 +6,8 @@ line would (`stages/X.py` through runpy, predict and export through their main()
 process for speed, and asserts: exit status 2, exactly one `error:` line on stderr that names
 what to fix, no exception escaping (a traceback), no Python warning, and every file of the
 project byte for byte as it was, with none added. A few cases run again as real subprocesses
-at the end. The default run takes the first two cases of each kind at each entry point; the
-whole table is marked slow beyond them (`make test-all`, `pytest -m "" tests/test_fuzz.py`). Odd but valid inputs (a byte order mark, blank rows, a 16-bit PNG) are in a second
+at the end. The default run takes every case, but each broken params file only at `validate`
+and at the other entry points only their first two (`make test-all` runs them all). Odd but valid inputs (a byte order mark, blank rows, a 16-bit PNG) are in a second
 table: they must give exactly the result of the plain input.
 """
 
@@ -1010,15 +1010,18 @@ case(
 )
 
 
-def sampled(names: list[str], per_group: int = 2) -> list:
-    """The default run takes the first cases of each kind at each entry point (`params-...@train`
-    is kind `params` at `train`); the others are slow tests (`make test-all` runs them all)."""
-    seen: dict[tuple[str, str], int] = {}
+def sampled(names: list[str], per_entry: int = 2) -> list:
+    """The default run: every case once, and each broken params file at `validate` (where
+    `dvc repro` meets it first); at the other entry points, which share the params loader,
+    only their first few params cases. The rest are slow tests (`make test-all`)."""
+    seen: dict[str, int] = {}
     params = []
     for name in names:
-        group = (name.split("-")[0], name.partition("@")[2])
-        seen[group] = seen.get(group, 0) + 1
-        params.append(name if seen[group] <= per_group else pytest.param(name, marks=pytest.mark.slow))
+        kind, _, entry = name.partition("@")
+        repeat = kind.startswith("params-") and entry not in ("", "validate")
+        seen[entry] = seen.get(entry, 0) + repeat
+        slow = repeat and seen[entry] > per_entry
+        params.append(pytest.param(name, marks=pytest.mark.slow) if slow else name)
     return params
 
 
