@@ -9,20 +9,22 @@ import re
 import shutil
 import signal
 
-from .test_resume import EPOCHS, LONG_RUN, wait_for_checkpoint
+from .test_resume import LONG_RUN, wait_for_checkpoint
 
 # Hydra, which parses `dvc exp run -S`, refuses a second `=` in an unquoted value: a space instead.
 LAUNCHER = "torchrun --standalone --nproc_per_node 2"
+EPOCHS = 20  # of 50 steps: seconds under two ranks, long enough to be killed after the first
+RUN = {**LONG_RUN, "epochs": EPOCHS}
 
 
 def test_torchrun_trains_and_a_killed_launch_resumes_to_the_same_bytes(reproduced, tmp_path):
     killed, reference = reproduced.copy(tmp_path / "killed"), reproduced.copy(tmp_path / "reference")
     for repo in (killed, reference):
         shutil.rmtree(repo / ".resume")
-    killed.set_param("experiments.iris_mlp.train", LONG_RUN)
+    killed.set_param("experiments.iris_mlp.train", RUN)
     killed.set_param("launcher", LAUNCHER)
     # The command users type, in the background meanwhile.
-    overrides = [f"experiments.iris_mlp.train.{k}={v}" for k, v in LONG_RUN.items()] + [f"launcher={LAUNCHER}"]
+    overrides = [f"experiments.iris_mlp.train.{k}={v}" for k, v in RUN.items()] + [f"launcher={LAUNCHER}"]
     uninterrupted = reference.background("exp", "run", *(a for o in overrides for a in ("-S", o)), "train@iris_mlp")
 
     log = tmp_path / "killed.log"
