@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import yaml
+from clone import env  # bench/clone.py
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -53,8 +54,9 @@ def scratch_params(work: Path, recipes: list[str], epochs: int, device: str) -> 
 
 
 def run_stage(command: list[str], params: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    result = subprocess.run([*command, "--params", str(params)], cwd=ROOT, env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [*command, "--params", str(params)], cwd=ROOT, env=env(ROOT), capture_output=True, text=True
+    )
     if result.returncode != 0:
         sys.exit(f"error: `{' '.join(command)}` failed:\n{result.stderr[-3000:]}")
 

@@ -59,6 +59,17 @@ def blob_table(n: int = 90, seed: int = 0) -> Table:
     )
 
 
+def blob_csv_source(path: str = "blobs.csv") -> dict:
+    """The params `source` that reads blob_table() written as a CSV file at `path`."""
+    return {
+        "name": "csv",
+        "path": path,
+        "features": ["f0", "f1", "f2", "f3"],
+        "target": "kind",
+        "task": "classification",
+    }
+
+
 @pytest.fixture
 def digits() -> Table:
     return digit_table()

@@ -43,7 +43,7 @@ from torchrepro.download.sources import Table
 from torchrepro.normalize import prepare
 from torchrepro.train import stage as train_stage
 
-from conftest import ROOT, blob_table, digit_table
+from conftest import ROOT, blob_csv_source, blob_table, digit_table
 
 # --- The project every case starts from ------------------------------------------------------
 
@@ -67,13 +67,7 @@ def base_params() -> dict:
                 "normalize": "per_feature",
             },
             "blobs": {
-                "source": {
-                    "name": "csv",
-                    "path": "blobs.csv",
-                    "features": ["f0", "f1", "f2", "f3"],
-                    "target": "kind",
-                    "task": "classification",
-                },
+                "source": blob_csv_source(),
                 "split": {"test_size": 0.3, "seed": 0},
             },
         },

@@ -20,7 +20,7 @@ from torchrepro.models.inference import predict as forward
 from torchrepro.normalize import prepare, store
 from torchrepro.train import stage
 
-from conftest import blob_table, tiny_params_dict
+from conftest import blob_csv_source, blob_table, tiny_params_dict
 
 N_DIGITS = 12  # test digits rendered as files
 LINE_Y = np.array([1.0, 1.3, 3.1, 2.0, 5.0, 6.3, 6.6, 7.4, 8.0, 9.0])
@@ -38,15 +38,7 @@ def project(tmp_path_factory):
     blobs, the line regression) and one, digits_mlp, that is defined but not trained."""
     root = tmp_path_factory.mktemp("project")
     raw = tiny_params_dict(root)
-    raw["datasets"]["blobs"] = {
-        "source": {
-            "name": "csv",
-            "path": "blobs.csv",
-            "features": ["f0", "f1", "f2", "f3"],
-            "target": "kind",
-            "task": "classification",
-        },
-    }
+    raw["datasets"]["blobs"] = {"source": blob_csv_source()}
     raw["experiments"] |= {
         "digits_twolayernet": {
             "dataset": "digits",

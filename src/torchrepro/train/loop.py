@@ -108,13 +108,11 @@ class Trainer:
                 xb, yb = x[lo:hi], y[lo:hi]
                 out = self.step_model(xb)
                 loss = self.loss(out, yb) if len(yb) else out.sum() * 0.0
+                summed = loss.detach() * len(yb)
                 if self.world.size > 1:
                     # DDP averages gradients over the ranks: weighting each rank's mean by its
                     # share of the batch makes that average the whole batch's mean loss.
                     loss = loss * (len(yb) * self.world.size / (end - start))
-                    summed = loss.detach() * ((end - start) / self.world.size)
-                else:
-                    summed = loss.detach() * len(yb)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
