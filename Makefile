@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 # The page template that lets `dvc plots show` render without a network (docs/plots.md).
 PLOTS_TEMPLATE := .dvc/plots_offline.html
 
-.PHONY: setup repro test lint test-all test-browser browser test-remotes test-ssh bench clean
+.PHONY: setup repro test lint test-all test-browser browser test-remotes test-ssh test-vendors bench clean
 
 setup: $(VENV)/.installed $(PLOTS_TEMPLATE)
 
@@ -56,6 +56,13 @@ test-ssh: setup  ## installs openssh-server (root, apt) and runs the SSH remote 
 	test -x /usr/sbin/sshd || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq --no-install-recommends openssh-server; }
 	pytest -m "" tests/e2e/test_remotes.py -k ssh
+
+# Debian's qemu-user runs the kernels on an emulated Intel CPU (Intel's CPUID, AVX2 and FMA),
+# so MKL and oneDNN take the code they take on Intel hosts: portable's cross-vendor check.
+test-vendors: setup  ## installs qemu-user (root, apt) and checks portable's bytes on an emulated Intel CPU
+	command -v qemu-x86_64 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends qemu-user; }
+	pytest -m "" tests/test_kernels.py
 
 bench: setup  ## speed against the classic DataLoader loop, train-stage memory, pipeline overhead, 1 vs 2 processes
 	python bench/train_speed.py

@@ -265,10 +265,15 @@ def main() -> None:
 def compare(args: argparse.Namespace, work: Path) -> None:
     """One row per recipe: seconds per epoch of each side, ours (host) against the classic
     loop, portable against host, accuracy and peak memory."""
+    from torchrepro.core import determinism
+
     description = prepare_work(work)
     print(f"device: {device_name(args.device)}; epochs per side: {args.epochs}")
     print(f"data: {description}")
-    print("host: torch's defaults (all cores, oneDNN, widest vectors); portable: 1 thread, AVX2, MKL COMPATIBLE")
+    print(
+        "host: torch's defaults (all cores, oneDNN, widest vectors); portable: "
+        f"{determinism.PORTABLE_THREADS} threads, ATen and oneDNN at AVX2, MKL COMPATIBLE"
+    )
     print("peak memory: the whole worker process (maximum resident set size), data included")
     header = (
         f"{'recipe':<12} {'classic s/ep':>12} {'host s/ep':>10} {'portable s/ep':>13} {'host vs classic':>15}"

@@ -15,7 +15,7 @@ import pytest
 from torchrepro.core import determinism
 
 # Before torch is imported: the tests run under the shipped `determinism: portable`, as the
-# stages do (one intra-op thread, ATen's AVX2 kernels, MKL's reproducible branch).
+# stages do (a fixed thread count, ATen and oneDNN at AVX2, MKL's reproducible branch).
 determinism.prepare_environment("portable", os.environ)
 
 from torchrepro.core.params import Params, parse_params  # noqa: E402

@@ -1,10 +1,11 @@
 """`determinism: portable`: the bytes must not move with the host's vector unit or core count.
 
-The train stage runs for real, as `python stages/train.py`, on a tiny convolutional recipe
-(convolutions, max-pooling, dropout and matrix products: every kind of kernel the shipped
-models use), under each CPU capability level this host supports and under 1 and 2 threads,
-forced through the environment as another host would have them. Each run
-must give the same model bytes. A host that lacks a level tests fewer of them.
+The train stage runs for real, as `python stages/train.py`, on each shipped model kind
+(twolayernet, an MLP, the CNN with its convolutions, max-pooling and dropout, a linear
+regression), under each CPU capability level this host supports, with 1, 2, 3 and 8
+intra-op threads asked for through the environment and on one core or all of them, as other
+hosts would have them. Every run of a kind must give the same model bytes. A host that lacks
+a level tests fewer of them.
 """
 
 from __future__ import annotations
@@ -25,10 +26,16 @@ from torchrepro.core import determinism
 from torchrepro.core.params import parse_params
 from torchrepro.normalize import prepare, store
 
-from conftest import ROOT, digit_table, tiny_params_dict
+from conftest import ROOT, digit_table, regression_table, tiny_params_dict
 
 LEVELS = ("default", "avx2", "avx512")
 PROBE = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+KINDS = {  # experiment -> (dataset, model, train)
+    "digits_twolayernet": ("digits", {"name": "twolayernet", "hidden_size": 32}, {"optimizer": "sgd", "momentum": 0.9}),
+    "digits_mlp": ("digits", {"name": "mlp", "hidden_sizes": [64, 32], "activation": "relu"}, {"optimizer": "adam"}),
+    "digits_cnn": ("digits", {"name": "cnn"}, {"optimizer": "adam"}),
+    "line_linear": ("line", {"name": "linear"}, {"optimizer": "sgd"}),
+}
 
 
 def host_env(**settings: str) -> dict[str, str]:
@@ -50,47 +57,62 @@ def supported_levels() -> list[str]:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """A tiny project: 60 generated digits, and a small CNN trained for one epoch."""
+    """A tiny project: 60 generated digits and 20 regression rows, one experiment per model kind."""
     root = tmp_path_factory.mktemp("portable")
     raw = copy.deepcopy(tiny_params_dict(root))
     raw["experiments"] = {
-        "digits_cnn": {
-            "dataset": "digits",
-            "model": {"name": "cnn"},
-            "train": {"optimizer": "adam", "lr": 0.001, "batch_size": 16, "epochs": 1},
-        }
+        name: {"dataset": dataset, "model": model, "train": {**train, "lr": 0.01, "batch_size": 16, "epochs": 1}}
+        for name, (dataset, model, train) in KINDS.items()
     }
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     params = parse_params(raw)
     store.save(prepare.prepare(digit_table(), 0.2, 0, "global"), params.paths.processed_dir("digits"))
+    store.save(prepare.prepare(regression_table(), None, 0, "per_feature"), params.paths.processed_dir("line"))
     return root
 
 
-def train_once(project: Path, run: str, env: dict[str, str]) -> str:
-    """Train in a private copy of the project's paths; the SHA-256 of the model it wrote."""
+# The train stage's entry point, run for each experiment in turn in one process: the process
+# start-up (torch's import) is most of a tiny run's time.
+TRAIN = (
+    "import sys; from torchrepro.core.cli import stage\n"
+    "for experiment in sys.argv[2:]:\n"
+    "    stage('', 'experiment', 'torchrepro.train.stage', [experiment, '--params', sys.argv[1]])"
+)
+
+
+def train_once(project: Path, run: str, env: dict[str, str], cores: set[int] | None) -> dict[str, str]:
+    """Train every kind in a private copy of the project's paths: the SHA-256 of each model."""
     raw = yaml.safe_load((project / "params.yaml").read_text())
     for name in ("models", "metrics", "logs", "resume", "plots", "reports", "predictions"):
-        raw["paths"][name] = str(project / run / name)
+        raw["paths"][name] = f"{run}/{name}"
     (project / f"{run}.yaml").write_text(yaml.safe_dump(raw))
-    command = [sys.executable, str(ROOT / "stages" / "train.py"), "digits_cnn", "--params", f"{run}.yaml"]
-    done = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-c", TRAIN, f"{run}.yaml", *KINDS]
+    preexec = (lambda: os.sched_setaffinity(0, cores)) if cores else None
+    done = subprocess.run(
+        command, cwd=project, env=env, preexec_fn=preexec, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    return hashlib.sha256((project / run / "models" / "digits_cnn" / "model.pt").read_bytes()).hexdigest()
+    models = project / run / "models"
+    return {exp: hashlib.sha256((models / exp / "model.pt").read_bytes()).hexdigest() for exp in KINDS}
 
 
 @pytest.mark.skipif(not supported_levels(), reason="torch reports no x86 capability level on this CPU")
 def test_portable_bytes_do_not_move_with_capability_level_or_thread_count(project):
     levels = supported_levels()
-    # Every level, with 1 and 2 threads in turn, and the highest level with both.
-    pairs = [(level, 1 + i % 2) for i, level in enumerate(levels)] + [(levels[-1], 2 - (len(levels) - 1) % 2)]
+    one_core = {min(os.sched_getaffinity(0))}
+    # 1, 2, 3 and 8 threads asked for, each level at least once, the first run on one core.
     runs = {
-        f"{level}-{threads}": host_env(ATEN_CPU_CAPABILITY=level, OMP_NUM_THREADS=str(threads), MKL_CBWR="AUTO")
-        for level, threads in pairs
+        f"{levels[i % len(levels)]}-{threads}": (
+            host_env(ATEN_CPU_CAPABILITY=levels[i % len(levels)], OMP_NUM_THREADS=str(threads), MKL_CBWR="AUTO"),
+            one_core if i == 0 else None,
+        )
+        for i, threads in enumerate((1, 2, 3, 8))
     }
-    assert {threads for _, threads in pairs} == {1, 2}
     with ThreadPoolExecutor(max_workers=2) as pool:
-        digests = dict(zip(runs, pool.map(lambda run: train_once(project, run, runs[run]), runs)))
-    assert len(set(digests.values())) == 1, digests
+        digests = dict(zip(runs, pool.map(lambda run: train_once(project, run, *runs[run]), runs)))
+    for experiment in KINDS:
+        found = {run: models[experiment] for run, models in digests.items()}
+        assert len(set(found.values())) == 1, (experiment, found)
 
 
 def test_prepare_environment_sets_what_torch_reads_at_import():
@@ -105,14 +127,17 @@ def test_prepare_environment_sets_what_torch_reads_at_import():
 def test_apply_portable_pins_threads_and_kernels():
     try:
         settings = determinism.apply("portable", torch.device("cpu"))
-        assert settings == {"determinism": "portable", "cpu_capability": "AVX2", "threads": 1}
+        assert settings == {
+            "determinism": "portable",
+            "cpu_capability": "AVX2",
+            "threads": determinism.PORTABLE_THREADS,
+        }
         (nnpack_was_on,) = torch.backends.nnpack.set_flags(False)  # returns the setting it replaced
-        assert not torch.backends.mkldnn.enabled and not nnpack_was_on
-        assert torch.are_deterministic_algorithms_enabled()
+        assert not nnpack_was_on
+        # On the CPU, deterministic algorithms would only cost the compiler stack's import.
+        assert not torch.are_deterministic_algorithms_enabled()
     finally:
-        torch.backends.mkldnn.enabled = True
         torch.backends.nnpack.set_flags(True)
-        torch.use_deterministic_algorithms(False)
 
 
 def test_apply_host_changes_nothing():
