@@ -1,4 +1,4 @@
-"""Train an experiment's model: models/<experiment>/, metrics/<experiment>/train/, logs/<experiment>.json."""
+"""Train an experiment's model: models/<experiment>/, metrics/<experiment>/train/ (timings: logs/<experiment>.json)."""
 
 from torchrepro.core.cli import stage
 

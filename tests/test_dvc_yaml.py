@@ -4,6 +4,7 @@ for paths), and each stage lists as deps every torchrepro module its code import
 import ast
 import copy
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,7 @@ def test_declared_paths_are_the_ones_params_builds(raw):
         assert str(paths.raw_dir(key)) in body["deps"]
     for key, body, item in expanded("train", raw):
         live = paths.train_live_dir(key)
-        assert sorted(body["outs"]) == sorted(map(str, [paths.model_dir(key), paths.log_file(key)]))
+        assert body["outs"] == [str(paths.model_dir(key))]  # the log of seconds is no output
         assert body["metrics"] == [str(live / "metrics.json")]
         assert body["plots"] == [str(live / "plots" / "metrics")]
         assert str(paths.processed_dir(item["dataset"])) in body["deps"]
@@ -100,6 +101,19 @@ def test_every_declared_path_comes_from_params_paths():
                 assert path.startswith(("${paths.", "stages/", "src/torchrepro/", "data/csv")), (name, field, path)
                 if field != "deps":
                     assert path.startswith("${paths."), (name, field, path)
+
+
+def test_no_stage_declares_the_training_logs_and_git_ignores_them():
+    """logs/<experiment>.json holds wall-clock seconds: as a dep or an out (or inside a folder
+    that is one) it would make dvc.lock differ from run to run and from host to host."""
+    for name, spec in DVC["stages"].items():
+        body = spec.get("do", spec)
+        for field in ("deps", "outs", "metrics", "plots"):
+            for path in entries(body.get(field)):
+                if path.startswith("${paths.logs}"):
+                    assert path == "${paths.logs}/params.ok", (name, field, path)
+    log = parse_params(PARAMS).paths.log_file("any_experiment")
+    assert subprocess.run(["git", "check-ignore", "-q", str(log)], cwd=ROOT).returncode == 0, log
 
 
 def test_the_first_stages_wait_for_validate():

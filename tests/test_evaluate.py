@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from torchrepro import evaluate
 from torchrepro.core.errors import DataError
@@ -14,6 +15,8 @@ from torchrepro.normalize import prepare, store
 from torchrepro.train import stage
 from torchrepro.train.loop import Split, Trainer, fit, seed_everything
 from torchrepro.train.optim import make_optimizer
+
+from test_fuzz import run_entry, snapshot
 
 LINE10_Y = [1.0, 1.3, 3.1, 2.0, 5.0, 6.3, 6.6, 7.4, 8.0, 9.0]
 
@@ -268,3 +271,36 @@ def test_run_on_a_model_without_bias_compares_with_the_fit_through_the_origin(ti
     assert metrics["least_squares"]["intercept"] is False and metrics["bias"] == 0.0
     assert metrics["least_squares"]["weight"] == pytest.approx(np.sum(x * y) / np.sum(x * x), abs=1e-6)
     assert metrics["gap"]["weight"] < 1e-3  # 50 full-batch steps reach it
+
+
+# --- a damaged model.json, at the stage's command line --------------------------------------
+
+
+def flip_first_mean(info: dict) -> None:
+    info["normalize"]["mean"][0] += 2**-40  # one low bit of the float: another normalization
+
+
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        (flip_first_mean, "model.json: its json_sha256 does not match its content: the file is damaged"),
+        (lambda info: info.pop("json_sha256"), "model.json: no json_sha256 digest: written by an older torchrepro"),
+    ],
+    ids=["flipped-bit", "older-format"],
+)
+def test_a_damaged_or_older_model_json_is_one_error(tiny_params, params_dict, tmp_path, edit, says):
+    """The stage stops with one line naming the file and the command that rewrites it; the
+    metrics and predictions are not written."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict))
+    stage.run(tiny_params, "line_linear", progress=False)
+    info_path = tiny_params.paths.model_dir("line_linear") / "model.json"
+    info = json.loads(info_path.read_text())
+    edit(info)
+    info_path.write_text(json.dumps(info))
+    before = snapshot(tmp_path)
+    outcome = run_entry(["stages/evaluate.py", "line_linear", "--params", str(tmp_path / "params.yaml")], tmp_path)
+    assert outcome.escaped is None, outcome.escaped
+    assert outcome.code == 2 and outcome.out == "" and outcome.warned == []
+    [line] = outcome.err.splitlines()
+    assert line.startswith(f"error: {info_path}: ") and says in line and "dvc repro train@line_linear" in line
+    assert snapshot(tmp_path) == before

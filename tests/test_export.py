@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from test_checkpoint import NOT_REGULAR, deadline, not_regular
 
 from torchrepro import export
-from torchrepro.core.errors import ParamsError
+from torchrepro.core.errors import DataError, ParamsError
 from torchrepro.core.params import parse_params
 from torchrepro.models.checkpoint import load_model, save_model
 from torchrepro.models.nets import MODELS, count_parameters, create_model
 from torchrepro.normalize import store
 
 from conftest import tiny_params_dict
+from test_fuzz import run_entry, snapshot
 
 TINY = {"twolayernet": {"hidden_size": 8}, "mlp": {"hidden_sizes": [8], "activation": "tanh"}}
 IMAGE, TABULAR = [1, 28, 28], [3]
@@ -125,3 +128,56 @@ def test_untrained_experiment_is_an_error(tmp_path, capsys):
         export.main(["--params", str(tmp_path / "params.yaml"), "--experiment", "line_linear"])
     assert exit.value.code == 2
     assert "has not been trained yet" in capsys.readouterr().err
+
+
+# --- Bad input, as tests/test_fuzz.py checks it -------------------------------------------------
+
+
+def export_cli(root, experiment: str, *extra: str) -> list[str]:
+    return ["-m", "torchrepro.export", "--params", str(root / "params.yaml"), "--experiment", experiment, *extra]
+
+
+def assert_one_error(outcome, says: str) -> None:
+    """Exit status 2, one `error:` line saying `says`, nothing else: no traceback, no warning."""
+    assert outcome.escaped is None, outcome.escaped
+    assert outcome.code == 2, (outcome.code, outcome.err)
+    assert outcome.err.startswith("error: ") and outcome.err.count("\n") == 1, outcome.err
+    assert says in outcome.err, outcome.err
+    assert outcome.out == "" and outcome.warned == []
+
+
+def test_a_damaged_model_json_is_one_error_and_nothing_is_written(tmp_path):
+    experiment, _ = tiny_experiment(tmp_path, "linear", TABULAR)
+    info_path = tmp_path / "models" / experiment / "model.json"
+    text = info_path.read_text()
+    info_path.write_text(text.replace('"mean": [\n      5.0', '"mean": [\n      5.5'))  # normalize's first mean
+    assert info_path.read_text() != text
+    before = snapshot(tmp_path)
+    outcome = run_entry(export_cli(tmp_path, experiment, "--out", str(tmp_path / "x.pt2")), tmp_path)
+    assert_one_error(outcome, f"{info_path}: its json_sha256 does not match its content: the file is damaged")
+    assert f"dvc repro train@{experiment}" in outcome.err
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("kind", list(NOT_REGULAR))
+def test_params_must_be_a_regular_file(tmp_path, kind):
+    experiment, _ = tiny_experiment(tmp_path, "linear", TABULAR)
+    (tmp_path / "params.yaml").unlink()
+    not_regular(kind, tmp_path / "params.yaml")
+    before = snapshot(tmp_path)
+    with deadline():
+        outcome = run_entry(export_cli(tmp_path, experiment), tmp_path)
+    assert_one_error(outcome, f"{tmp_path / 'params.yaml'}")
+    assert f"{NOT_REGULAR[kind]}, not a params file" in outcome.err
+    assert snapshot(tmp_path) == before
+
+
+def test_load_exported_checks_the_model_json_inside(tmp_path):
+    experiment, info = tiny_experiment(tmp_path, "linear", TABULAR)
+    model, saved = load_model(tmp_path / "models" / experiment)
+    out, _ = export.export_model(model, saved | {"classes": ["x"]}, tmp_path / "edited.pt2")  # digest now stale
+    with pytest.raises(DataError, match="edited.pt2: the model.json inside is missing or damaged; export"):
+        export.load_exported(out)
+    os.mkfifo(tmp_path / "fifo.pt2")
+    with deadline(), pytest.raises(DataError, match="fifo.pt2: is a named pipe"):
+        export.load_exported(tmp_path / "fifo.pt2")

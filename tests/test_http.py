@@ -1,4 +1,7 @@
 import hashlib
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -104,3 +107,18 @@ def test_all_mirrors_down_lists_every_url_and_the_hint(tmp_path, payload):
 def test_bad_digest_spec_is_rejected():
     with pytest.raises(ValueError, match="ALGORITHM:HEX"):
         digest_check("f68b3c2dcbeaaa9fbdd348bbdeb94873")
+
+
+def test_tqdm_environment_settings_apply_to_the_download_bar(tmp_path, payload):
+    """TQDM_DISABLE=1 turns the bar off. tqdm reads its environment once, when imported: a
+    process for each setting."""
+    code = "import sys, pathlib; from torchrepro.download.http import download; download(sys.argv[1:2], pathlib.Path(sys.argv[2]))"
+    errs = {}
+    with FileServer({"images.gz": payload}) as server:
+        for name, env in {"shown": {}, "hidden": {"TQDM_DISABLE": "1"}}.items():
+            command = [sys.executable, "-c", code, server.url("images.gz"), str(tmp_path / f"{name}.gz")]
+            done = subprocess.run(command, env=os.environ | env, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0 and (tmp_path / f"{name}.gz").read_bytes() == payload, done.stderr
+            errs[name] = done.stderr
+    assert "shown.gz: " in errs["shown"]
+    assert errs["hidden"] == ""

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +16,7 @@ from torchrepro.train import loop
 from torchrepro.train.loop import Split, Trainer, TrainingDiverged, fit, seed_everything
 from torchrepro.train.optim import make_optimizer, make_schedule
 
-from conftest import blob_table, regression_table
+from conftest import ROOT, blob_table, regression_table
 
 CPU = torch.device("cpu")
 
@@ -283,3 +287,18 @@ def test_a_loss_that_stops_being_finite_is_an_error_not_a_model():
         TrainingDiverged, match=r"^training diverged at epoch \d: the loss is .*(nan|inf).*; lower train.lr"
     ):
         fit(trainer, 5, progress=False)
+
+
+def test_tqdm_environment_settings_apply_to_the_epoch_bar():
+    """TQDM_DISABLE=1 turns the bar off. tqdm reads its environment once, when imported: a
+    process for each setting, both at once."""
+    code = "from test_loop import make_trainer; from torchrepro.train.loop import fit; fit(make_trainer(), 1)"
+
+    def start(**env: str) -> subprocess.Popen:
+        env = os.environ | {"PYTHONPATH": str(ROOT / "tests")} | env
+        return subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)
+
+    shown, hidden = start(), start(TQDM_DISABLE="1")
+    assert "epoch 1/1: 100%" in shown.communicate(timeout=300)[1]
+    err = hidden.communicate(timeout=300)[1]
+    assert shown.returncode == hidden.returncode == 0 and "epoch 1/1" not in err, err

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import struct
 import subprocess
 import sys
+import tracemalloc
 
 import numpy as np
 import pytest
 import torch
 import yaml
 from PIL import Image
+from test_checkpoint import NOT_REGULAR, deadline, not_regular
 
 from torchrepro import predict
 from torchrepro.core.params import parse_params
@@ -21,6 +25,7 @@ from torchrepro.normalize import prepare, store
 from torchrepro.train import stage
 
 from conftest import blob_csv_source, blob_table, tiny_params_dict
+from test_fuzz import build_project, run_entry, snapshot
 
 N_DIGITS = 12  # test digits rendered as files
 LINE_Y = np.array([1.0, 1.3, 3.1, 2.0, 5.0, 6.3, 6.6, 7.4, 8.0, 9.0])
@@ -226,3 +231,198 @@ def test_module_entry_point(project):
     command = [sys.executable, "-m", "torchrepro.predict", "--params", str(root / "params.yaml"), "--experiment", "x"]
     bad = subprocess.run([*command, "a.png"], capture_output=True, text=True, cwd=root)
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown experiment 'x'")
+
+
+# --- Chunks: memory bounded, results those of one pass ----------------------------------------
+
+
+def feature_csv(path, n: int, seed: int, blank_every: int = 0) -> None:
+    """n rows of the blobs' four features, blank lines here and there (skipped, but counted)."""
+    rows = np.random.default_rng(seed).normal(0, 3, size=(n, 4))
+    lines = ["f0,f1,f2,f3"]
+    for i, row in enumerate(rows):
+        lines.append(",".join(f"{v:.6g}" for v in row))
+        if blank_every and (i + 1) % blank_every == 0:
+            lines.append("")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_chunks_give_the_one_chunk_result(project, tmp_path):
+    """Chunks of 128 rows, running on across files, give exactly the predictions of one pass
+    over everything; the streamed text and JSON are the bytes json.dump and print would write."""
+    _, params = project
+    files = [tmp_path / "a.csv", tmp_path / "b.csv"]
+    feature_csv(files[0], 300, seed=1, blank_every=97)
+    feature_csv(files[1], 70, seed=2)
+    whole = list(predict.predict_files(params, "blobs_mlp", files, chunk_rows=None))
+    chunked = list(predict.predict_files(params, "blobs_mlp", files, chunk_rows=128))
+    assert len(whole) == 370 and chunked == whole
+    assert [r["line"] for r in whole[:100]] == [*range(2, 99), 100, 101, 102]  # the blank row 99 is counted
+
+    text, document = io.StringIO(), io.StringIO()
+    predict.write_results(iter(chunked), text, "blobs_mlp")
+    predict.write_results(iter(chunked), document, "blobs_mlp", as_json=True)
+    assert text.getvalue() == "\n".join(map(predict.format_result, whole)) + "\n"
+    assert document.getvalue() == json.dumps({"experiment": "blobs_mlp", "predictions": whole}, indent=2) + "\n"
+
+
+def test_image_chunks_give_the_one_chunk_result(project, tmp_path):
+    _, params = project
+    pixels, _ = split_digits(project)
+    files = [tmp_path / f"{i}.png" for i in range(len(pixels))]
+    for file, digit in zip(files, pixels):
+        file.write_bytes(png_bytes(digit))
+    files = files * 11  # 132 images: two chunks of 128 and 4
+    whole = list(predict.predict_files(params, "digits_twolayernet", files, chunk_rows=None))
+    assert list(predict.predict_files(params, "digits_twolayernet", files, chunk_rows=128)) == whole
+
+
+def test_empty_json_document_is_what_json_dump_writes():
+    out = io.StringIO()
+    predict.write_results(iter([]), out, "x", as_json=True)
+    assert out.getvalue() == json.dumps({"experiment": "x", "predictions": []}, indent=2) + "\n"
+
+
+@pytest.mark.slow
+def test_memory_does_not_grow_with_the_rows(project, tmp_path):
+    """numpy's and pandas' allocations (traced) for 20 chunks stay those of one chunk; the whole
+    file in one pass needs many times more."""
+    _, params = project
+    file = tmp_path / "many.csv"
+    feature_csv(file, 20 * 1280, seed=3)
+
+    def peak(chunk_rows: int | None) -> int:
+        tracemalloc.start()
+        for _ in predict.predict_files(params, "blobs_mlp", [file], chunk_rows=chunk_rows):
+            pass
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return peak
+
+    chunked, whole = peak(1280), peak(None)
+    assert chunked * 5 < whole, (chunked, whole)
+
+
+# --- Bad input at the command line, as tests/test_fuzz.py checks it ---------------------------
+
+PREDICT_BLOBS = ["-m", "torchrepro.predict", "--experiment", "blobs_mlp"]
+PREDICT_DIGITS = ["-m", "torchrepro.predict", "--experiment", "digits_mlp"]
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    """The fuzz tests' project, the whole pipeline run on it; nothing writes here."""
+    return build_project(tmp_path_factory.mktemp("fuzz") / "project")
+
+
+def broken_copy(pristine, tmp_path, breaks=lambda root: None):
+    """A copy of the fuzz tests' trained project, broken by `breaks`, and its files' digests."""
+    root = tmp_path / "project"
+    shutil.copytree(pristine, root, symlinks=True)
+    breaks(root)
+    return root, snapshot(root)
+
+
+def assert_one_error(outcome, says: str) -> None:
+    """Exit status 2, one `error:` line saying `says`, nothing else: no traceback, no warning."""
+    assert outcome.escaped is None, outcome.escaped
+    assert outcome.code == 2, (outcome.code, outcome.err)
+    assert outcome.err.startswith("error: ") and outcome.err.count("\n") == 1, outcome.err
+    assert says in outcome.err, outcome.err
+    assert outcome.out == "" and outcome.warned == []
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+@pytest.mark.parametrize("to_file", [False, True], ids=["stdout", "out-file"])
+def test_an_error_in_a_late_chunk_leaves_no_output(pristine, tmp_path, as_json, to_file):
+    """Row CHUNK_ROWS + 40 is bad: the first chunk was predicted and written, yet neither the
+    output file nor standard output holds any of it, and nothing is left behind."""
+    bad_row = predict.CHUNK_ROWS + 40 + 1  # the header is row 1
+
+    def breaks(root):
+        feature_csv(root / "late.csv", predict.CHUNK_ROWS + 50, seed=4)
+        lines = (root / "late.csv").read_text().splitlines()
+        lines[bad_row - 1] = "1,2,oops,4"
+        (root / "late.csv").write_text("\n".join(lines) + "\n")
+
+    root, before = broken_copy(pristine, tmp_path, breaks)
+    options = [*(["--json"] if as_json else []), *(["--out", "predictions.txt"] if to_file else [])]
+    outcome = run_entry([*PREDICT_BLOBS, *options, "late.csv"], root)
+    assert_one_error(outcome, f"late.csv: row {bad_row}, column 'f2': not a number: 'oops'")
+    assert snapshot(root) == before  # no predictions.txt, no temporary file
+
+
+def test_out_file_holds_what_standard_output_gets(pristine, tmp_path):
+    root, before = broken_copy(pristine, tmp_path)
+    printed = run_entry([*PREDICT_BLOBS, "--json", "inputs/blobs.csv"], root)
+    written = run_entry([*PREDICT_BLOBS, "--json", "--out", "out/p.json", "inputs/blobs.csv"], root)
+    assert printed.code == written.code == 0 and written.out == written.err == ""
+    assert (root / "out/p.json").read_text() == printed.out
+    assert len(json.loads(printed.out)["predictions"]) == 6
+
+
+def test_out_file_must_not_be_an_input(pristine, tmp_path):
+    root, before = broken_copy(pristine, tmp_path)
+    outcome = run_entry([*PREDICT_BLOBS, "--out", "inputs/blobs.csv", "inputs/blobs.csv"], root)
+    assert_one_error(outcome, "--out inputs/blobs.csv: is also an input file; choose another output file")
+    assert snapshot(root) == before
+
+
+@pytest.mark.parametrize(
+    "argv, name, what",
+    [
+        (PREDICT_BLOBS, "x.csv", "a CSV file"),
+        (PREDICT_DIGITS, "x.png", "an image"),
+        (["-m", "torchrepro.predict", "--params", "x.yaml", "--experiment", "blobs_mlp"], "x.yaml", "a params file"),
+    ],
+    ids=["csv", "image", "params"],
+)
+@pytest.mark.parametrize("kind", list(NOT_REGULAR))
+def test_inputs_must_be_regular_files(pristine, tmp_path, argv, name, what, kind):
+    """Never a hang on a FIFO or /dev/zero: one line naming the path and what it is."""
+    root, before = broken_copy(pristine, tmp_path, lambda root: not_regular(kind, root / name))
+    files = [] if name == "x.yaml" else [name]
+    with deadline():
+        outcome = run_entry([*argv, *files, *(["inputs/blobs.csv"] if name == "x.yaml" else [])], root)
+    assert_one_error(outcome, f"error: {name}")
+    assert f"{NOT_REGULAR[kind]}, not {what}" in outcome.err
+    assert snapshot(root) == before
+
+
+def exif_image(fmt: str) -> bytes:
+    """A digit whose EXIF says a tag's data lies past the end of the EXIF block."""
+    entry = struct.pack("<HHII", 0x010E, 2, 100, 26)  # ImageDescription: 100 ASCII bytes at offset 26
+    exif = b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x01\x00" + entry + b"\x00\x00\x00\x00short"
+    pixels = np.zeros((28, 28), np.uint8)
+    pixels[6:22, 12:16] = 255  # a 1
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt, exif=exif)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_a_pil_warning_about_the_file_is_the_one_error(pristine, tmp_path, fmt):
+    """PIL warns ("Tag data larger than file") and reads on; the file's EXIF, which holds its
+    rotation, cannot be trusted: one error line, and no warning reaches stderr."""
+    name = f"x.{fmt.lower()}"
+    root, before = broken_copy(pristine, tmp_path, lambda root: (root / name).write_bytes(exif_image(fmt)))
+    outcome = run_entry([*PREDICT_DIGITS, name], root)
+    assert_one_error(outcome, f"{name}: not a readable PNG or JPEG image (Tag data larger than file. Skipping tag 270)")
+    assert snapshot(root) == before
+
+
+def test_a_damaged_model_json_is_one_error_at_predict(pristine, tmp_path):
+    """A flipped bit in model.json's normalization would change predictions, silently."""
+
+    def breaks(root):
+        path = root / "models/blobs_mlp/model.json"
+        text = path.read_text()
+        mean = str(json.loads(text)["normalize"]["mean"][0])
+        flipped = mean[:-1] + chr(ord(mean[-1]) ^ 1)
+        path.write_text(text.replace(mean, flipped, 1))
+
+    root, before = broken_copy(pristine, tmp_path, breaks)
+    outcome = run_entry([*PREDICT_BLOBS, "inputs/blobs.csv"], root)
+    assert_one_error(outcome, "models/blobs_mlp/model.json: its json_sha256 does not match its content")
+    assert "dvc repro train@blobs_mlp" in outcome.err
+    assert snapshot(root) == before

@@ -218,3 +218,45 @@ def test_normalize_stage_function(tmp_path, params_dict):
     assert meta == {k: v for k, v in loaded.meta.items() if k != "sha256"} and meta["split"] == "none"
     np.testing.assert_allclose(loaded.x_train[:, 0], np.array([-1, 0, 1]) * np.sqrt(1.5), rtol=1e-6)
     np.testing.assert_array_equal(loaded.y_test, [1, 5, 9])
+
+
+def test_per_feature_on_images_divides_no_pixel_by_less_than_the_global_std(digits):
+    """A pixel that is almost always dark has a std near 0; dividing by it would blow up test
+    images that light it. Each pixel's divisor is at least the std of all training pixels."""
+    x = digits.x.copy()
+    x[:, 0, 0] = 0
+    x[0, 0, 0] = 255  # one training image lights the corner
+    table = Table(x=x, y=digits.y, task="classification", feature_names=[], target_name="label", classes=digits.classes)
+    prepared = prepare.prepare(table, 0.2, 0, "per_feature")
+    train, _ = prepare.split_indices(table, 0.2, 0)
+    std = np.asarray(prepared.meta["normalize"]["std"])
+    overall = (x[train] / 255).std()
+    assert std.min() == pytest.approx(overall, rel=1e-6)
+    bright = (x[train] / 255).std(axis=0) > overall  # the row bands the classes light
+    np.testing.assert_allclose(std[bright], (x[train] / 255).std(axis=0)[bright], rtol=1e-6)
+
+
+@pytest.mark.parametrize(("name", "method"), [("digits", "unit"), ("line", "per_feature")])
+def test_a_dataset_without_normalize_gets_the_tutorials_choice_for_its_kind(tmp_path, params_dict, name, method):
+    params_dict["datasets"][name].pop("normalize")
+    if name == "line":
+        (tmp_path / "raw" / "line").mkdir(parents=True)
+        (tmp_path / "raw" / "line" / "data.csv").write_text("x,y\n0,1\n2,5\n4,9\n")
+    else:
+        from torchrepro import download
+
+        download.run(parse_params(params_dict), "digits")
+    assert prepare.run(parse_params(params_dict), name)["normalize"]["method"] == method
+
+
+def test_classification_needs_two_classes():
+    table = Table(
+        x=np.ones((6, 2)),
+        y=np.zeros(6, np.int64),
+        task="classification",
+        feature_names=["a", "b"],
+        target_name="kind",
+        classes=["only"],
+    )
+    with pytest.raises(DataError, match="target 'kind' has one class \\('only'\\).*at least two"):
+        prepare.prepare(table, 0.5, 0, "per_feature")

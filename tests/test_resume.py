@@ -166,3 +166,40 @@ def test_file_digest_is_sha256_of_the_concatenation(tmp_path):
     (tmp_path / "b").write_bytes(b"world")
     assert file_digest(tmp_path / "a", tmp_path / "b") == hashlib.sha256(b"hello world").hexdigest()
     assert file_digest(tmp_path / "b", tmp_path / "a") != file_digest(tmp_path / "a", tmp_path / "b")
+
+
+def recorded_after(s: ResumeStore, lock, seconds: float) -> None:
+    """dvc.lock written `seconds` after the checkpoint (negative: before it)."""
+    lock.write_text("schema: '2.0'\n")
+    written = s.path.stat().st_mtime_ns
+    os.utime(lock, ns=(written + int(seconds * 1e9),) * 2)
+
+
+@pytest.mark.parametrize(
+    "epoch, lock_after_s, used",
+    [
+        (EPOCHS, None, True),  # no dvc.lock: DVC never recorded a run here
+        (EPOCHS, -1, True),  # killed after training, before DVC's record
+        (EPOCHS, 1, False),  # recorded: `dvc repro -f` must train again
+        (EPOCHS, 0, False),  # the same time: it cannot be told which came first
+        (2, 1, True),  # an unfinished run is never DVC's: it resumes
+    ],
+)
+def test_a_finished_checkpoint_is_used_only_until_dvc_lock_is_written(tmp_path, epoch, lock_after_s, used):
+    lock = tmp_path / "dvc.lock"
+    first = ResumeStore(tmp_path / "exp", FINGERPRINT, EPOCHS, lock_file=lock)
+    first.save(state(epoch), epoch=epoch)
+    if lock_after_s is not None:
+        recorded_after(first, lock, lock_after_s)
+    loaded = ResumeStore(tmp_path / "exp", FINGERPRINT, EPOCHS, lock_file=lock).load()
+    assert (loaded is not None) == used
+    assert first.path.exists()  # ignored, not removed: the retrain overwrites it
+
+
+def test_the_lock_file_is_dvc_lock_in_the_working_folder(tmp_path, monkeypatch):
+    """DVC runs a stage in the folder of its dvc.yaml, where dvc.lock lies."""
+    monkeypatch.chdir(tmp_path)
+    s = store(tmp_path)
+    s.save(state(EPOCHS), epoch=EPOCHS)
+    recorded_after(s, tmp_path / "dvc.lock", 1)
+    assert store(tmp_path).load() is None

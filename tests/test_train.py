@@ -1,6 +1,7 @@
 """The train stage function: what it writes, byte determinism, resume and its errors."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -10,7 +11,7 @@ from torchrepro.core.devices import resolve_device
 from torchrepro.core.errors import ParamsError
 from torchrepro.core.params import parse_params
 from torchrepro.train import stage
-from torchrepro.train.loop import Trainer
+from torchrepro.train.loop import Trainer, TrainingDiverged
 
 
 def read_tsv(path) -> list[list[str]]:
@@ -35,7 +36,7 @@ def test_run_writes_model_metrics_and_log(tiny_params):
     assert not (live / "dvc.yaml").exists() and not (live / "report.html").exists()
     assert json.loads(paths.log_file("digits_mlp").read_text()) == log
     assert log["device"] == "cpu" and log["epochs_run"] == 2 and log["resumed_from_epoch"] == 0
-    assert log["determinism"] == "portable" and log["threads"] == 1
+    assert log["determinism"] == "portable" and log["threads"] == torch.get_num_threads()
 
 
 def test_regression_logs_loss_only(tiny_params):
@@ -92,10 +93,12 @@ def test_killed_run_resumes_to_the_same_bytes(tiny_params, monkeypatch):
     assert {p: p.read_bytes() for p in outputs} == expected  # the dvclive history was replayed
 
 
-def test_finished_training_is_never_redone(tiny_params, monkeypatch):
+def test_finished_training_is_not_redone_before_dvc_records_it(tiny_params, monkeypatch, tmp_path):
     """Killed after training but before DVC recorded the stage: the final checkpoint is kept,
     so the rerun writes the outputs again without training an epoch."""
     experiment, paths = "digits_mlp", tiny_params.paths
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")  # an earlier record, older than the run
     stage.run(tiny_params, experiment, progress=False)
     model_pt = paths.model_dir(experiment) / "model.pt"
     expected = model_pt.read_bytes()
@@ -104,6 +107,23 @@ def test_finished_training_is_never_redone(tiny_params, monkeypatch):
     log = stage.run(tiny_params, experiment, progress=False)
     assert log["resumed_from_epoch"] == 2 and log["epochs_run"] == 0
     assert model_pt.read_bytes() == expected
+
+
+def test_a_run_dvc_recorded_trains_again_to_the_same_bytes(tiny_params, monkeypatch, tmp_path):
+    """`dvc repro -f` after DVC recorded the run: dvc.lock is newer than the final checkpoint,
+    so the rerun trains every epoch instead of replaying the checkpoint."""
+    experiment, paths = "line_linear", tiny_params.paths
+    monkeypatch.chdir(tmp_path)
+    stage.run(tiny_params, experiment, progress=False)
+    outputs = [paths.model_dir(experiment) / "model.pt", *sorted(paths.train_live_dir(experiment).rglob("*.*"))]
+    expected = {p: p.read_bytes() for p in outputs}
+    (checkpoint,) = paths.resume_dir(experiment).glob("*.pt")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")  # DVC records the stage after it ran
+    written = checkpoint.stat().st_mtime_ns
+    os.utime(tmp_path / "dvc.lock", ns=(written + 10**9, written + 10**9))  # the clock may be coarse
+    log = stage.run(tiny_params, experiment, progress=False)
+    assert log["resumed_from_epoch"] == 0 and log["epochs_run"] == 3
+    assert {p: p.read_bytes() for p in outputs} == expected
 
 
 def test_a_damaged_resume_checkpoint_is_ignored_and_training_starts_over(tiny_params, monkeypatch, capsys):
@@ -130,6 +150,59 @@ def test_other_code_does_not_resume(tiny_params, monkeypatch):
     monkeypatch.setattr(stage, "code_digest", lambda: "other code")
     log = stage.run(tiny_params, experiment, progress=False)
     assert log["resumed_from_epoch"] == 0 and log["epochs_run"] == 3
+
+
+def files_under(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def diverging(params_dict, tmp_path):
+    """line_linear with a learning rate whose loss overflows at epoch 5 (of 10)."""
+    params_dict["experiments"]["line_linear"]["train"].update(lr=1e4, epochs=10)
+    return parse_params(params_dict), TrainingDiverged, "training diverged at epoch 5"
+
+
+def unusable_resume_folder(params_dict, tmp_path):
+    """A file where the resume folder belongs: the checkpoint at the end of epoch 1 fails."""
+    params = parse_params(params_dict)
+    shutil.rmtree(params.paths.resume_dir("line_linear"))
+    params.paths.resume_dir("line_linear").write_text("not a folder")
+    return params, FileExistsError, "File exists"
+
+
+@pytest.mark.parametrize("failure", [diverging, unusable_resume_folder])
+def test_a_failed_run_leaves_the_previous_metrics_and_model(tiny_params, params_dict, tmp_path, failure):
+    """dvclive writes each epoch in place while training; a run that fails after some epochs
+    puts the previous files back byte for byte, instead of leaving its own epochs in git."""
+    experiment, paths = "line_linear", tiny_params.paths
+    stage.run(tiny_params, experiment, progress=False)
+    live, model_dir = paths.train_live_dir(experiment), paths.model_dir(experiment)
+    before = {"live": files_under(live), "model": files_under(model_dir)}
+    params, error, message = failure(params_dict, tmp_path)
+    with pytest.raises(error, match=message):
+        stage.run(params, experiment, progress=False)
+    assert {"live": files_under(live), "model": files_under(model_dir)} == before
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_failed_first_run_leaves_no_metrics(tiny_params, params_dict, tmp_path):
+    params, _, _ = diverging(params_dict, tmp_path)
+    with pytest.raises(TrainingDiverged):
+        stage.run(params, "line_linear", progress=False)
+    assert not params.paths.train_live_dir("line_linear").exists()
+    assert not params.paths.model_dir("line_linear").exists()
+
+
+def test_interrupted_run_puts_the_previous_metrics_back(tiny_params, monkeypatch):
+    """Ctrl-C too: the next run resumes from the checkpoint and replays its epochs anyway."""
+    experiment, paths = "digits_mlp", tiny_params.paths
+    stage.run(tiny_params, experiment, progress=False)
+    before = files_under(paths.train_live_dir(experiment))
+    shutil.rmtree(paths.resume_dir(experiment))
+    dies_in_epoch(2, monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        stage.run(tiny_params, experiment, progress=False)
+    assert files_under(paths.train_live_dir(experiment)) == before
 
 
 def test_a_bad_checkpoint_interval_is_one_error(tiny_params, monkeypatch):

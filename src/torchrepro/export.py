@@ -25,8 +25,10 @@ import torch
 from torch import nn
 
 from torchrepro.core.cli import run
-from torchrepro.core.io import write_bytes
+from torchrepro.core.errors import DataError
+from torchrepro.core.io import require_regular_file, write_bytes
 from torchrepro.core.params import load_params
+from torchrepro.models.checkpoint import INFO_DIGEST, info_digest
 
 INFO_FILE = "model.json"  # the name of model.json inside the .pt2 archive
 
@@ -93,8 +95,10 @@ def torchscript_bytes(wrapper: nn.Module, info: dict[str, Any], info_json: str) 
 
 
 def load_exported(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """An exported file back as a callable module and its model.json."""
+    """An exported file back as a callable module and its model.json, whose own digest is
+    checked as every reader of model.json checks it."""
     path = Path(path)
+    require_regular_file(path, "an exported model")
     extra = {INFO_FILE: ""}
     if path.suffix == ".pt2":
         module = torch.export.load(path, extra_files=extra).module()
@@ -102,7 +106,13 @@ def load_exported(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             module = torch.jit.load(str(path), _extra_files=extra)
-    return module, json.loads(extra[INFO_FILE])
+    try:
+        info = json.loads(extra[INFO_FILE])
+    except ValueError:
+        info = None
+    if not isinstance(info, dict) or info.get(INFO_DIGEST) != info_digest(info):
+        raise DataError(f"{path}: the {INFO_FILE} inside is missing or damaged; export the experiment again")
+    return module, info
 
 
 def describe_io(info: dict[str, Any]) -> str:
@@ -127,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     def export() -> None:
         from torchrepro.predict import load_trained
 
+        require_regular_file(args.params, "a params file")
         model, info = load_trained(load_params(args.params), args.experiment)
         path, failure = export_model(model, info, args.out or f"{args.experiment}.pt2")
         if failure:

@@ -1,12 +1,17 @@
 """Predict with a trained experiment: digit images (PNG/JPEG) or a CSV of feature rows.
 
   python -m torchrepro.predict --experiment mnist_cnn digit.png photo.jpg [--json]
-  python -m torchrepro.predict --experiment iris_mlp flowers.csv
+  python -m torchrepro.predict --experiment iris_mlp flowers.csv [--out predictions.txt]
 
 Inputs get exactly the normalization the model was trained with (model.json's
 `normalize`, via the data store's `apply`). Images are first framed the way MNIST digits
 are: grayscale, light ink on a dark background, cropped to the ink, fitted into
 20x20 and placed in 28x28 with the ink's center of mass at the center.
+
+Inputs are read, predicted and written CHUNK_ROWS at a time, so memory does not grow with the
+number of rows or files. The output appears only complete: --out FILE is renamed into place
+at the end, and standard output gets the predictions once the last is made (until then they
+wait in a temporary file). After an error there is no output at all.
 """
 
 from __future__ import annotations
@@ -14,18 +19,25 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shutil
 import struct
 import sys
+import tempfile
+import textwrap
+import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
 from torchrepro.core import determinism
 from torchrepro.core.cli import run
 from torchrepro.core.errors import DataError
+from torchrepro.core.io import atomic_path, require_regular_file
 from torchrepro.core.params import Params, load_params
-from torchrepro.download.sources import read_csv_frame, read_numeric
+from torchrepro.download.sources import read_csv_frames, read_numeric
 from torchrepro.normalize import store
 
 if TYPE_CHECKING:  # torch is imported once the determinism environment is set
@@ -38,6 +50,11 @@ WORK_PIXELS = 4_000_000  # larger images are reduced to about this many pixels b
 CENTER = 14.0  # where MNIST puts the ink's center of mass (row and column, in pixel indices)
 TOP_K = 3
 MIN_CONTRAST = 8  # of 255: an image with less is blank paper plus noise, not a digit
+# Inputs read, predicted and written at a time: under 30 MB of memory beside the model's, for
+# CSV rows and images alike, however many there are (measured: 7 MB for a 1,000,000-row CSV).
+# Whole batches of inference.EVAL_BATCH (128), so chunking never changes which inputs share a
+# forward pass, and the results are those of predicting all inputs at once.
+CHUNK_ROWS = 80 * 128
 
 
 # --- Images ---------------------------------------------------------------
@@ -55,9 +72,31 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     from PIL import Image
 
     path = Path(path)
+    require_regular_file(path, "an image")
     limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # the check below replaces PIL's, which warns before it refuses
     try:
+        return _decode(path, max_pixels)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    # UnidentifiedImageError is an OSError; truncated files raise OSError on decode; PIL reports
+    # some malformed chunks as SyntaxError, struct.error or EOFError.
+    except (OSError, ValueError, EOFError, SyntaxError, struct.error) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"{path}: not a readable PNG or JPEG image ({reason})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def _decode(path: Path, max_pixels: int) -> np.ndarray:
+    """read_image's decoding. PIL reads on past what breaks a file's format (EXIF that runs past
+    its end, a malformed chunk) with a UserWarning; such a file cannot be trusted (EXIF holds
+    the rotation), so the first warning while reading it is the error. While converting, PIL's
+    warnings are advice about the conversions chosen here, not about the file: silenced."""
+    from PIL import Image
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
         with Image.open(path, formats=IMAGE_FORMATS) as image:
             width, height = image.size
             if width * height > max_pixels:
@@ -68,18 +107,15 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
             if image.format == "JPEG" and (factor := _reduction(width, height)) > 1:
                 image.draft(image.mode, (width // factor, height // factor))  # DCT scaling: 1/2, 1/4 or 1/8
             image.load()
-            return _gray(image)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, not an image") from None
-    # UnidentifiedImageError is an OSError; truncated files raise OSError on decode; PIL reports
-    # some malformed chunks as SyntaxError, struct.error or EOFError.
-    except (OSError, ValueError, EOFError, SyntaxError, struct.error) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError(f"{path}: not a readable PNG or JPEG image ({reason})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
+            image.getexif()  # parsed now, while its warnings are about the file
+            if damage := [w for w in caught if issubclass(w.category, UserWarning)]:
+                reason = " ".join(str(damage[0].message).split())[:200]
+                raise DataError(f"{path}: not a readable PNG or JPEG image ({reason})")
+            warnings.simplefilter("ignore", UserWarning)
+            gray = _gray(image)
+    for w in caught:  # other kinds (a DeprecationWarning) are shown as they would have been
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    return gray
 
 
 def _reduction(width: int, height: int) -> int:
@@ -155,14 +191,17 @@ def place_by_center_of_mass(fitted: np.ndarray) -> np.ndarray:
 # --- Tables ---------------------------------------------------------------
 
 
-def read_features(path: str | Path, feature_names: list[str]) -> tuple[np.ndarray, list[int]]:
-    """Raw feature rows (N, F) float64 from a CSV whose header names the features, and the row
-    of each in the file (the header is row 1; blank rows are skipped). Columns are matched by
-    name; other named columns (a target, an id) are ignored. Every row must have exactly the
-    header's fields; errors name the file and row."""
+def read_features(
+    path: str | Path, feature_names: list[str], chunk_rows: int | None = None
+) -> Iterator[tuple[np.ndarray, list[int]]]:
+    """Raw feature rows (n, F) float64 from a CSV whose header names the features, at most
+    `chunk_rows` at a time (None: all at once), and the row of each in the file (the header is
+    row 1; blank rows are skipped). Columns are matched by name; other named columns (a target,
+    an id) are ignored. Every row must have exactly the header's fields; errors name the file and row."""
     path = Path(path)
-    frame = read_csv_frame(path, feature_names, needs=f"; the model needs {', '.join(feature_names)}")
-    return read_numeric(frame, feature_names, path), frame.index.tolist()
+    needs = f"; the model needs {', '.join(feature_names)}"
+    for frame in read_csv_frames(path, feature_names, needs=needs, chunk_rows=chunk_rows):
+        yield read_numeric(frame, feature_names, path), frame.index.tolist()
 
 
 # --- Model ----------------------------------------------------------------
@@ -203,12 +242,13 @@ def predict_raw(model: torch.nn.Module, info: dict[str, Any], raw: np.ndarray, d
     ]
 
 
-def read_inputs(
-    files: list[str | Path], info: dict[str, Any], max_pixels: int = MAX_PIXELS
-) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Raw model inputs for all files, stacked, and one label per row ({"input": file[, "line": n]})."""
+def check_inputs(files: list[str | Path], info: dict[str, Any]) -> None:
+    """Each file is of the kind the model takes (images, or CSV tables) and a regular file:
+    said before any file is read."""
     image_model = is_image_model(info)
-    arrays, labels = [], []
+    if image_model and list(info["input_shape"]) != [1, FIELD, FIELD]:
+        shape = "x".join(map(str, info["input_shape"]))
+        raise DataError(f"{info['experiment']}: images are framed as 1x28x28 digits; this model takes {shape}")
     for file in map(Path, files):
         is_csv = file.suffix.lower() == ".csv"
         if image_model and is_csv:
@@ -218,31 +258,85 @@ def read_inputs(
                 f"{file}: experiment {info['experiment']!r} takes a CSV with columns "
                 f"{', '.join(info['feature_names'])}, not {file.suffix or 'a file without suffix'}"
             )
-        if image_model:
-            if list(info["input_shape"]) != [1, FIELD, FIELD]:
-                shape = "x".join(map(str, info["input_shape"]))
-                raise DataError(f"{info['experiment']}: images are framed as 1x28x28 digits; this model takes {shape}")
-            arrays.append(frame_digit(read_image(file, max_pixels), str(file))[None, None])  # (1, 1, 28, 28)
-            labels.append({"input": str(file)})
+        require_regular_file(file, "an image" if image_model else "a CSV file")
+
+
+def read_inputs(
+    files: list[str | Path], info: dict[str, Any], max_pixels: int = MAX_PIXELS, chunk_rows: int | None = CHUNK_ROWS
+) -> Iterator[tuple[np.ndarray, list[dict[str, Any]]]]:
+    """Raw model inputs of all files in order, stacked in chunks of `chunk_rows` rows that run
+    on across files (the last may be shorter; None: one chunk), with one label per row
+    ({"input": file[, "line": n]})."""
+    limit = chunk_rows or math.inf
+    arrays, labels, held = [], [], 0
+    for rows, row_labels in _read_pieces(files, info, max_pixels, chunk_rows):
+        arrays.append(rows)
+        labels += row_labels
+        held += len(rows)
+        while held >= limit:
+            stacked = np.concatenate(arrays)
+            yield stacked[:chunk_rows], labels[:chunk_rows]
+            arrays, labels, held = [stacked[chunk_rows:]], labels[chunk_rows:], held - chunk_rows
+    if held:
+        yield np.concatenate(arrays), labels
+
+
+def _read_pieces(
+    files: list[str | Path], info: dict[str, Any], max_pixels: int, chunk_rows: int | None
+) -> Iterator[tuple[np.ndarray, list[dict[str, Any]]]]:
+    """Each image (1, 1, 28, 28), or up to `chunk_rows` rows of a CSV, with their labels."""
+    for file in map(Path, files):
+        if is_image_model(info):
+            yield frame_digit(read_image(file, max_pixels), str(file))[None, None], [{"input": str(file)}]
         else:
-            rows, numbers = read_features(file, info["feature_names"])
-            arrays.append(rows)
-            labels += [{"input": str(file), "line": n} for n in numbers]
-    return np.concatenate(arrays), labels
+            for rows, numbers in read_features(file, info["feature_names"], chunk_rows):
+                yield rows, [{"input": str(file), "line": n} for n in numbers]
 
 
 def predict_files(
-    params: Params, experiment: str, files: list[str | Path], device: str = "cpu", max_pixels: int = MAX_PIXELS
-) -> list[dict]:
+    params: Params,
+    experiment: str,
+    files: list[str | Path],
+    device: str = "cpu",
+    max_pixels: int = MAX_PIXELS,
+    chunk_rows: int | None = CHUNK_ROWS,
+) -> Iterator[dict]:
     """Load the experiment's model and predict every image or CSV row in `files`, under the
-    params' determinism, as evaluation does."""
+    params' determinism, as evaluation does. The model and the kinds of the files are checked
+    at once; the inputs are then read, predicted and yielded `chunk_rows` at a time."""
     from torchrepro.core.devices import resolve_device
+    from torchrepro.models.inference import EVAL_BATCH
 
     torch_device = resolve_device(device, key="--device")
     determinism.apply(params.determinism, torch_device)
     model, info = load_trained(params, experiment, torch_device)
-    raw, labels = read_inputs(files, info, max_pixels)
-    return [label | result for label, result in zip(labels, predict_raw(model, info, raw, torch_device))]
+    check_inputs(files, info)
+    assert chunk_rows is None or chunk_rows % EVAL_BATCH == 0, "chunks of whole batches (see CHUNK_ROWS)"
+    return _predictions(model, info, files, torch_device, max_pixels, chunk_rows)
+
+
+def _predictions(model, info, files, device, max_pixels: int, chunk_rows: int | None) -> Iterator[dict]:
+    for raw, labels in read_inputs(files, info, max_pixels, chunk_rows):
+        for label, result in zip(labels, predict_raw(model, info, raw, device)):
+            yield label | result
+
+
+# --- Output ---------------------------------------------------------------
+
+
+def write_results(results: Iterable[dict[str, Any]], out: TextIO, experiment: str, as_json: bool = False) -> None:
+    """Text lines (format_result), or the JSON document json.dump(..., indent=2) writes of
+    {"experiment": ..., "predictions": [...]}, one result at a time."""
+    if not as_json:
+        for result in results:
+            out.write(format_result(result) + "\n")
+        return
+    out.write(f'{{\n  "experiment": {json.dumps(experiment)},\n  "predictions": [')
+    empty = True
+    for result in results:
+        out.write(("\n" if empty else ",\n") + textwrap.indent(json.dumps(result, indent=2), "    "))
+        empty = False
+    out.write("]\n}\n" if empty else "\n  ]\n}\n")
 
 
 def format_result(result: dict[str, Any]) -> str:
@@ -261,6 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--experiment", required=True, help="a key under `experiments:` in params.yaml")
     parser.add_argument("files", nargs="+", metavar="FILE", help="PNG/JPEG images, or CSV files for tabular models")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text lines")
+    parser.add_argument("--out", metavar="FILE", help="write the predictions to FILE instead of standard output")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default: %(default)s)")
     parser.add_argument("--params", default="params.yaml", help="params file, for paths (default: %(default)s)")
     parser.add_argument(
@@ -273,16 +368,30 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def predict() -> None:
+        require_regular_file(args.params, "a params file")
         params = load_params(args.params)
         determinism.prepare_environment(params.determinism)
         results = predict_files(params, args.experiment, args.files, args.device, args.max_pixels)
-        if args.json:
-            json.dump({"experiment": args.experiment, "predictions": results}, sys.stdout, indent=2)
-            print()
-        else:
-            print("\n".join(map(format_result, results)))
+        if args.out:
+            _check_out(Path(args.out), args.files)
+            with atomic_path(args.out) as tmp, open(tmp, "w", encoding="utf-8", errors="surrogateescape") as out:
+                write_results(results, out, args.experiment, args.json)
+            return
+        # Standard output gets every prediction or, after an error in a late chunk, none: they
+        # gather in a temporary file (on disk, not in memory) until the last is written.
+        with tempfile.TemporaryFile("w+", encoding="utf-8", errors="surrogateescape") as out:
+            write_results(results, out, args.experiment, args.json)
+            out.seek(0)
+            shutil.copyfileobj(out, sys.stdout)
 
     run(predict)
+
+
+def _check_out(out: Path, files: list[str]) -> None:
+    """--out must not be one of the inputs: the predictions would replace the file they came from."""
+    for file in files:
+        if out.exists() and Path(file).exists() and os.path.samefile(out, file):
+            raise DataError(f"--out {out}: is also an input file; choose another output file")
 
 
 def _positive_int(text: str) -> int:

@@ -1,11 +1,13 @@
 """The report stage: every experiment in params.yaml side by side.
 
-  reports/summary.csv   one row per experiment: settings, headline metric, cost
+  reports/summary.csv   one row per experiment: settings, headline metric, size
   reports/summary.md    the same table in markdown
   reports/headline.png  accuracy of the classifiers and MSE of the regressions, as bars
 
-Settings come from params.yaml; numbers from metrics/<exp>/evaluate/metrics.json,
-logs/<exp>.json (train seconds, device) and models/<exp>/model.json (parameters).
+Settings come from params.yaml; numbers from metrics/<exp>/evaluate/metrics.json and
+models/<exp>/model.json (parameters). Nothing that differs from host to host or run to run:
+wall-clock seconds stay in logs/<exp>.json, which DVC does not track, so the report is the
+same bytes wherever it is reproduced.
 An experiment not yet trained or evaluated keeps its row with those cells empty.
 """
 
@@ -20,6 +22,7 @@ import pandas as pd
 from torchrepro.core.errors import DataError
 from torchrepro.core.io import atomic_path, read_json, write_text
 from torchrepro.core.params import Experiment, Params
+from torchrepro.models.checkpoint import check_info
 
 # plot.PNG's settings, not imported: plot imports the data store, which would become a dep of this stage.
 PNG = {"dpi": 100, "metadata": {"Software": None}}  # no version stamp: same figure, same bytes
@@ -34,7 +37,6 @@ COLUMNS = [
     "epochs",
     "accuracy",
     "mse",
-    "train_seconds",
     "n_parameters",
     "device",
 ]
@@ -78,11 +80,10 @@ def experiment_row(params: Params, name: str) -> dict[str, Any]:
     metrics = _read_json(
         paths.evaluate_live_dir(name) / "metrics.json", f"evaluate@{name}", {"accuracy": number, "mse": number}
     )
-    log = _read_json(
-        paths.log_file(name), f"train@{name}", {"train_seconds": number, "device": str, "device_name": str}
-    )
     info = _read_json(paths.model_dir(name) / "model.json", f"train@{name}", {"n_parameters": int})
-    metrics, log, info = metrics or {}, log or {}, info or {}
+    if info is not None:  # its own digest too, as every reader of model.json checks it
+        check_info(info, paths.model_dir(name) / "model.json", name)
+    metrics, info = metrics or {}, info or {}
     return {
         "experiment": name,
         "dataset": exp.dataset,
@@ -94,9 +95,8 @@ def experiment_row(params: Params, name: str) -> dict[str, Any]:
         "epochs": exp.train.epochs,
         "accuracy": metrics.get("accuracy"),  # classification
         "mse": metrics.get("mse"),  # regression
-        "train_seconds": log.get("train_seconds"),
         "n_parameters": info.get("n_parameters"),
-        "device": log.get("device_name", log.get("device")),
+        "device": params.device_for(name),  # as set: the machine it ran on is the host's, not the result's
     }
 
 
@@ -168,7 +168,7 @@ def run(params: Params) -> pd.DataFrame:
     frame = summary(params)
     out = Path(params.paths.reports)
     write_text(out / "summary.csv", frame.to_csv(index=False))
-    title = "# Experiments\n\nWritten by `dvc repro report` from params.yaml, metrics, logs and model.json files.\n\n"
+    title = "# Experiments\n\nWritten by `dvc repro report` from params.yaml, metrics and model.json files.\n\n"
     write_text(out / "summary.md", title + to_markdown(frame))
     headline_chart(frame, out / "headline.png")
     missing = frame.loc[frame["accuracy"].isna() & frame["mse"].isna(), "experiment"].tolist()

@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from torchrepro.models.checkpoint import signed
+
 EVALUATE_METRICS = "metrics/iris_mlp/evaluate/metrics.json"
 OUTPUTS = ("models/iris_mlp/model.pt", "logs/iris_mlp.json", "metrics/iris_mlp/train/plots/metrics/train/loss.tsv")
 
@@ -34,8 +36,8 @@ def test_tampered_model_is_refused_and_its_payload_never_runs(workspace, tmp_pat
     state = torch.load(model_pt, weights_only=True)
     model_pt.unlink()  # write a new file, never through a link into the DVC cache
     torch.save({**state, "extra": Payload(str(marker))}, model_pt)
-    info_json = workspace / "models/iris_mlp/model.json"  # whoever can write model.pt can update its digest
-    info = json.loads(info_json.read_text()) | {"sha256": hashlib.sha256(model_pt.read_bytes()).hexdigest()}
+    info_json = workspace / "models/iris_mlp/model.json"  # whoever can write model.pt can update the digests
+    info = signed(json.loads(info_json.read_text()) | {"sha256": hashlib.sha256(model_pt.read_bytes()).hexdigest()})
     info_json.unlink()
     info_json.write_text(json.dumps(info))
     metrics_before = workspace.digest(EVALUATE_METRICS)

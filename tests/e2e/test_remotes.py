@@ -203,6 +203,35 @@ def test_round_trip_through_the_server_restores_everything_without_running(remot
     assert_complete_clone(clone, workspace, outputs(workspace))
 
 
+def test_a_clone_reproduces_the_commit_and_a_fresh_clone_pulls_what_it_pushed(webdav_server, fresh_clone, tmp_path):
+    """No output holds anything of the host or of the run's timing, so a clone's own `dvc repro`
+    reproduces the committed dvc.lock and metrics byte for byte: `git status` stays clean, and
+    what it pushes is what that commit's dvc.lock names, which a fresh clone then pulls whole.
+    (test_rerun.py forces every stage again in one clone: other seconds, the same bytes.)"""
+    fresh_clone.result()
+    first = fresh_clone.repo.copy(tmp_path / "first")  # the shared clone stays as it ran
+    assert first.git("status", "--porcelain").stdout == ""
+    remote = WebDAV(webdav_server, tmp_path.name)
+    log_in_locally(first, remote)  # .dvc/config.local: the commit stays the one cloned
+    first.dvc("push")
+    assert first.dvc_json("status", "--cloud") == {}
+
+    second = first.clone(tmp_path / "second")
+    assert second.git("rev-parse", "HEAD").stdout == first.git("rev-parse", "HEAD").stdout
+    log_in_locally(second, remote)
+    second.dvc("pull")
+    assert second.dvc_json("status") == {}
+    assert second.git("status", "--porcelain").stdout == ""
+    files = outputs(first)
+    assert files and all(second.digest(rel) == first.digest(rel) for rel in files)
+
+
+def log_in_locally(repo, remote) -> None:
+    """The remote and its credentials in .dvc/config.local only, which git ignores."""
+    repo.dvc("remote", "add", "--local", "--default", REMOTE, remote.settings()["url"])
+    log_in(repo, remote.credentials)
+
+
 @pytest.mark.slow  # two transfers through a slowed link: 15-25 s for each kind
 def test_killed_push_and_pull_complete_when_run_again(remote, workspace, tmp_path):
     with SlowLink(remote.port) as link:

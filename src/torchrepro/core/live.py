@@ -1,9 +1,20 @@
-"""dvclive as the pipeline's metrics writer."""
+"""dvclive as the pipeline's metrics writer, and the previous metrics kept when a run fails."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import yaml
+
+from torchrepro.core.io import atomic_dir
 
 
 def open_live(directory: str | Path) -> Any:
@@ -35,3 +46,93 @@ class DeferredLive:
 
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(self._open(), name, value)
+
+
+@contextlib.contextmanager
+def restored_on_failure(directory: str | Path) -> Iterator[None]:
+    """Put `directory`'s files back as they were if the block fails, so that a failed run
+    leaves the git-tracked metrics as they were, not rewritten with its own epochs; dvclive
+    still writes in place while the run goes on (`dvc exp show` reads the files live).
+
+    DVC removes a stage's outputs, `cache: false` ones too, before it runs the stage: under
+    DVC the previous files include those dvc.lock records, read back from DVC's cache."""
+    directory = Path(directory)
+    before = _read_files(directory)
+    try:
+        yield
+    except BaseException:
+        try:
+            _put_back(directory, recorded_by_dvc(directory) | before)
+        except OSError as error:  # the run's own error is the one to report
+            print(f"warning: {directory}: the previous files could not be put back ({error})", file=sys.stderr)
+        raise
+
+
+def _read_files(directory: Path) -> dict[str, bytes]:
+    """{path relative to `directory`: content} of every file in it (dvclive's: a few kB)."""
+    if not directory.is_dir():
+        return {}
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _put_back(directory: Path, files: dict[str, bytes]) -> None:
+    """Make `directory` hold exactly `files`, in one swap (atomic_dir): never half of them."""
+    if not files:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    with atomic_dir(directory) as tmp:
+        for rel, data in files.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_bytes(data)
+
+
+def _absolute(path: str | Path) -> Path:
+    return Path(os.path.abspath(path))
+
+
+def recorded_by_dvc(directory: Path) -> dict[str, bytes]:
+    """The files under `directory` that dvc.lock records for the stage DVC is running (DVC
+    names it in DVC_STAGE), from DVC's cache, each checked against its MD5. {} when DVC is not
+    running a stage or has recorded none there; a warning when its cache lacks them."""
+    stage = os.environ.get("DVC_STAGE")
+    if not stage:
+        return {}
+    try:
+        outs = yaml.safe_load(Path("dvc.lock").read_text())["stages"][stage]["outs"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):  # nothing recorded for this stage yet
+        return {}
+    where = _absolute(directory)
+    inside = [out for out in outs if where == _absolute(out["path"]) or where in _absolute(out["path"]).parents]
+    try:
+        return _from_cache(inside, where)
+    except Exception as error:  # the run failed already: say how to get the files back, go on
+        print(
+            f"warning: {directory}: DVC removed the previous files before the run and its cache does not hold "
+            f"them ({error}); `git checkout -- {directory}` restores the committed ones",
+            file=sys.stderr,
+        )
+        return {}
+
+
+def _from_cache(outs: list[dict[str, Any]], where: Path) -> dict[str, bytes]:
+    """The files of dvc.lock's `outs` entries, relative to `where`, from DVC's local cache."""
+    from dvc.repo import Repo  # only on this failure path: DVC knows where its cache is
+
+    with Repo() as repo:
+        cache = repo.cache.local
+
+        def read(md5: str) -> bytes:
+            data = Path(cache.oid_to_path(md5)).read_bytes()
+            if hashlib.md5(data).hexdigest() != md5.removesuffix(".dir"):
+                raise ValueError(f"the cached object {md5} is damaged")
+            return data
+
+        files = {}
+        for out in outs:
+            base = _absolute(out["path"]).relative_to(where)
+            if out["md5"].endswith(".dir"):  # a folder: its listing, then each file
+                for entry in json.loads(read(out["md5"])):
+                    files[(base / entry["relpath"]).as_posix()] = read(entry["md5"])
+            else:
+                files[base.as_posix()] = read(out["md5"])
+        return files

@@ -132,7 +132,7 @@ Normalize = Literal["none", "unit", "global", "per_feature"]
 class Dataset(Strict):
     source: Named
     split: Split | Literal["none"] = Split()
-    normalize: Normalize = "per_feature"
+    normalize: Normalize | None = None  # None: what the tutorials do for the source's kind (normalize stage)
 
     @field_validator("source", mode="before")
     @classmethod

@@ -136,6 +136,8 @@ def _resume_offset(response, have: int) -> int:
 
 
 def _progress_bar(label: str, total: int | None, initial: int, enabled: bool) -> tqdm:
+    # disable= only to turn the bar off: an explicit disable=False would override TQDM_DISABLE.
+    quiet = {} if enabled else {"disable": True}
     return tqdm(
         total=total,
         initial=initial,
@@ -144,8 +146,8 @@ def _progress_bar(label: str, total: int | None, initial: int, enabled: bool) ->
         unit_scale=True,
         unit_divisor=1024,
         file=sys.stderr,
-        disable=not enabled,
         leave=False,
+        **quiet,
     )
 
 

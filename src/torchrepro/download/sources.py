@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -97,26 +97,36 @@ def read_csv_frame(path: Path, needed: list[str], needs: str = "") -> pd.DataFra
     header naming a column twice, is an error (pandas would shift extra fields into the index
     or rename the duplicate, and the numbers would land in the wrong columns). A UTF-8 byte
     order mark is allowed; blank rows are skipped but counted."""
+    return next(read_csv_frames(path, needed, needs))
+
+
+def read_csv_frames(
+    path: Path, needed: list[str], needs: str = "", chunk_rows: int | None = None
+) -> Iterator[pd.DataFrame]:
+    """read_csv_frame in pieces of at most `chunk_rows` data rows (None: all in one), for files
+    too large to hold as strings; an error in a later piece comes after the earlier pieces."""
     import pandas as pd  # pandas is slow to import; only CSV sources need it
 
     if path.is_dir():
         raise DataError(f"{path}: is a folder, not a CSV file")
     if not path.is_file():
         raise DataError(f"{path}: CSV file not found")
-    header, rows, numbers = _read_rows(path)
-    missing = [c for c in needed if c not in header]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}{needs}; the file has: {', '.join(header)}")
-    if not rows:
-        raise DataError(f"{path}: no data rows")
-    return pd.DataFrame(rows, columns=header, index=numbers, dtype=str)
+    for header, rows, numbers in _read_rows(path, chunk_rows):
+        missing = [c for c in needed if c not in header]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {', '.join(missing)}{needs}; the file has: {', '.join(header)}")
+        if not rows:
+            raise DataError(f"{path}: no data rows")
+        yield pd.DataFrame(rows, columns=header, index=numbers, dtype=str)
 
 
-def _read_rows(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
-    """The header, the data rows and their row numbers; blank rows are left out."""
+def _read_rows(path: Path, chunk_rows: int | None = None) -> Iterator[tuple[list[str], list[list[str]], list[int]]]:
+    """The header with the data rows and their row numbers, `chunk_rows` rows at a time (None:
+    all at once); blank rows are left out. A piece is empty only when the file has no data rows."""
     header: list[str] | None = None
     rows, numbers = [], []
     number = header_row = 0
+    sent = False
     try:
         with open(path, newline="", encoding="utf-8-sig") as file:
             reader = csv.reader(file, skipinitialspace=True, strict=True)
@@ -133,13 +143,17 @@ def _read_rows(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
                 else:
                     rows.append(row)
                     numbers.append(number)
+                    if len(rows) == chunk_rows:
+                        yield header, rows, numbers
+                        rows, numbers, sent = [], [], True
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: not a readable CSV file: not UTF-8 text (byte {error.start})") from None
     except csv.Error as error:  # a stray quote, a NUL byte, a field over the csv module's size limit
         raise DataError(f"{path}: not a readable CSV file: row {number + 1}: {error}") from None
     if header is None:
         raise DataError(f"{path}: not a readable CSV file: empty, with no header row naming the columns")
-    return header, rows, numbers
+    if rows or not sent:
+        yield header, rows, numbers
 
 
 def _header(row: list[str], number: int, path: Path) -> list[str]:

@@ -39,9 +39,18 @@ def split_indices(
     return np.sort(train), np.sort(test)
 
 
+# Without `normalize:`, what the tutorials do: images to [0, 1] (ToTensor), tables standardized.
+DEFAULT_METHOD = {"image": "unit", "tabular": "per_feature"}
+
+
 def statistics(x_train: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
     """The (offset, divisor) that map training inputs as `method` says, in float64:
-    x -> (x - offset) / divisor. A constant feature is left centred, not divided by 0."""
+    x -> (x - offset) / divisor. A constant feature is left centred, not divided by 0.
+
+    per_feature on images divides each pixel by at least the std of all training pixels: a
+    border pixel that is almost always 0 has a std near 0, and dividing by it would turn one
+    bright test pixel into a value in the hundreds. No pixel is then scaled up more than the
+    `global` method scales it."""
     if method == "none" or (method == "unit" and x_train.ndim == 3):  # images: / 255 is all of unit
         shape = x_train.shape[1:] if x_train.ndim == 2 else ()
         return np.zeros(shape), np.ones(shape)
@@ -52,12 +61,20 @@ def statistics(x_train: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray
         axis = None if method == "global" else 0  # global: one scalar over the whole matrix
         offset = np.asarray(x_train.mean(axis=axis, dtype=np.float64))
         divisor = np.asarray(x_train.std(axis=axis, dtype=np.float64))
+        if method == "per_feature" and x_train.ndim == 3:
+            divisor = np.maximum(divisor, x_train.std(dtype=np.float64))
     return offset, np.where(divisor > 0, divisor, 1.0)
 
 
 def prepare(table: Table, test_size: float | None, seed: int, method: str, stratify: bool = True) -> Prepared:
     """Split, then scale: images to [0, 1] first (except with method 'none'), then by the
     training split's statistics for `method` (none, unit, global, per_feature)."""
+    if table.task == "classification" and len(np.unique(table.y)) < 2:
+        found = table.classes[int(table.y[0])] if table.classes and len(table.y) else "none"
+        raise DataError(
+            f"target {table.target_name!r} has one class ({found!r}) in the data; classification needs at least "
+            "two (a target with one value is no classification task; use task: regression for numbers)"
+        )
     train, test = split_indices(table, test_size, seed, stratify)
     image = table.kind == "image"
     scale = 1 / 255 if image and method != "none" else 1.0
@@ -111,6 +128,7 @@ def run(params, dataset: str) -> dict[str, Any]:
         test_size, seed, stratify = None, 0, False
     else:
         test_size, seed, stratify = cfg.split.test_size, cfg.split.seed, cfg.split.stratify
-    prepared = prepare(table, test_size, seed, cfg.normalize, stratify)
+    method = cfg.normalize or DEFAULT_METHOD[table.kind]
+    prepared = prepare(table, test_size, seed, method, stratify)
     save(prepared, params.paths.processed_dir(dataset))
     return prepared.meta

@@ -194,7 +194,9 @@ def fit(
     history = list(history or [])
     seconds: list[float] = []
     for epoch in range(len(history) + 1, epochs + 1):
-        bar = tqdm(total=trainer.steps_per_epoch, desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not progress)
+        # disable= only to turn the bar off: an explicit disable=False would override TQDM_DISABLE.
+        quiet = {} if progress else {"disable": True}
+        bar = tqdm(total=trainer.steps_per_epoch, desc=f"epoch {epoch}/{epochs}", unit="batch", **quiet)
         with bar:
             started = time.perf_counter()
             train = trainer.train_epoch(bar)  # .item() inside synchronizes the device

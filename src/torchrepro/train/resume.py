@@ -5,6 +5,13 @@ every DVC output so DVC's run-cache keeps working. Written atomically at the end
 epoch, the last epoch included: a kill after training but before DVC records the stage
 costs nothing, since the next run writes the outputs from the final checkpoint.
 
+A finished checkpoint is used only while it is newer than dvc.lock: DVC rewrites dvc.lock
+each time it records a stage, even to the same content, so once it has recorded the run, a
+rerun (`dvc repro -f` above all) trains again. Any other write of dvc.lock since (another
+stage's record, a git checkout) costs a retrain too, which is always safe; skipping a
+training that was asked for is not. A forced run of this stage alone (`-f -s`) right after a
+run DVC never recorded is the one case that still uses the checkpoint: nothing tells them apart.
+
 A file is a header line (JSON: format, SHA-256 of the rest, fingerprint, epoch) and a
 torch.save archive. torch does not check its archive's CRCs, so the digest is what catches
 damage; a damaged or mismatched checkpoint is ignored with a warning and training starts
@@ -69,8 +76,16 @@ def read_header(path: Path) -> tuple[dict[str, Any], bytes]:
 class ResumeStore:
     """Save, find and tidy the resume checkpoints of one experiment."""
 
-    def __init__(self, directory: str | Path, fingerprint: dict[str, Any], epochs: int, every_s: float = 0.0):
+    def __init__(
+        self,
+        directory: str | Path,
+        fingerprint: dict[str, Any],
+        epochs: int,
+        every_s: float = 0.0,
+        lock_file: str | Path = "dvc.lock",
+    ):
         self.directory = Path(directory)
+        self.lock_file = Path(lock_file)  # DVC's record, beside dvc.yaml, where DVC runs the stage
         # As plain JSON data: a str subclass such as torch.__version__ (TorchVersion) would be
         # pickled as its class, and weights_only loading then refuses the whole checkpoint.
         self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))
@@ -99,7 +114,18 @@ class ResumeStore:
             if tidy:
                 warn(f"ignoring resume checkpoint {self.path}: its fingerprint does not match; starting over")
             return None
+        if header.get("epoch") == self.epochs and self._recorded():
+            return None  # DVC has this run: training again is what was asked for
         return state
+
+    def _recorded(self) -> bool:
+        """Whether dvc.lock was written since the checkpoint was: DVC may have recorded its run.
+        Equal times count as written since (a coarse clock cannot order them)."""
+        try:
+            lock = self.lock_file.stat().st_mtime_ns
+        except FileNotFoundError:
+            return False  # no DVC record at all: a stage run by hand, or DVC's first run
+        return lock >= self.path.stat().st_mtime_ns
 
     def _tidy(self) -> None:
         """Remove the other checkpoints that no run can use any more."""

@@ -1,7 +1,10 @@
 """The train stage: fit one experiment's model on its processed dataset.
 
-Writes models/<experiment>/ (model.pt, model.json), dvclive's per-epoch metrics in
-metrics/<experiment>/train/ and logs/<experiment>.json (wall-clock seconds, device).
+Writes models/<experiment>/ (model.pt, model.json) and dvclive's per-epoch metrics in
+metrics/<experiment>/train/: the same bytes on every host, so a clone's `dvc repro` leaves
+dvc.lock as committed. A run that fails leaves the previous metrics and model as they were.
+The host's side, wall-clock seconds and the device, goes to logs/<experiment>.json, for
+people: no stage declares or reads it, and git ignores it.
 A killed run resumes from .resume/ (resume.py) and ends with the same bytes.
 """
 
@@ -15,7 +18,7 @@ import torch
 from torchrepro.core import determinism
 from torchrepro.core.devices import describe, resolve_device
 from torchrepro.core.io import file_digest, write_json
-from torchrepro.core.live import open_live
+from torchrepro.core.live import open_live, restored_on_failure
 from torchrepro.core.params import Params
 from torchrepro.models.checkpoint import save_model
 from torchrepro.models.nets import count_parameters, create_model
@@ -116,41 +119,46 @@ def _train(params: Params, experiment: str, device, settings: dict, world: World
         fit(trainer, exp.train.epochs, history, None, progress=False)
         return {}
 
-    live = open_live(paths.train_live_dir(experiment))
-    for row in history:  # replayed, so the files read as if the run had never stopped
-        log_epoch(live, row)
+    live_dir = paths.train_live_dir(experiment)
+    with restored_on_failure(live_dir):  # dvclive writes in place, for `dvc exp show` to read live
+        live = open_live(live_dir)
+        for row in history:  # replayed, so the files read as if the run had never stopped
+            log_epoch(live, row)
 
-    def end_of_epoch(epoch: int, history: list[dict]) -> None:
-        log_epoch(live, history[-1])
-        resume.save(trainer.snapshot(history), epoch)
+        def end_of_epoch(epoch: int, history: list[dict]) -> None:
+            log_epoch(live, history[-1])
+            resume.save(trainer.snapshot(history), epoch)
 
-    history, seconds = fit(trainer, exp.train.epochs, history, end_of_epoch, progress)
-    live.end()
+        history, seconds = fit(trainer, exp.train.epochs, history, end_of_epoch, progress)
+        live.end()
+        info = {
+            "experiment": experiment,
+            "dataset": exp.dataset,
+            "model": exp.model.name,
+            "model_kwargs": exp.model.options,
+            "input_shape": meta["input_shape"],
+            "n_outputs": n_outputs,
+            "task": meta["task"],
+            "classes": meta["classes"],
+            "feature_names": meta["feature_names"],
+            "normalize": meta["normalize"],
+            "params": exp.model_dump(mode="json"),
+            "seed": seed,
+            "determinism": params.determinism,
+            "n_parameters": count_parameters(model),
+            # The release only: the build's label (+cpu, +cu130) is each host's choice of wheel.
+            "torch_version": torch.__version__.split("+")[0],
+        }
+        save_model(paths.model_dir(experiment), model, info)  # last: once it is in place, the run is done
 
-    info = {
-        "experiment": experiment,
-        "dataset": exp.dataset,
-        "model": exp.model.name,
-        "model_kwargs": exp.model.options,
-        "input_shape": meta["input_shape"],
-        "n_outputs": n_outputs,
-        "task": meta["task"],
-        "classes": meta["classes"],
-        "feature_names": meta["feature_names"],
-        "normalize": meta["normalize"],
-        "params": exp.model_dump(mode="json"),
-        "seed": seed,
-        "determinism": params.determinism,
-        "n_parameters": count_parameters(model),
-        "torch_version": str(torch.__version__),
-    }
-    save_model(paths.model_dir(experiment), model, info)
+    # For people only (undeclared, git-ignored): what differs from host to host and run to run.
     log = {
         "experiment": experiment,
         "device": str(device),
         "device_name": describe(device),
         **settings,
         "world_size": world.size,
+        "torch": str(torch.__version__),
         "resumed_from_epoch": resumed_from,
         "epochs_run": len(seconds),
         "train_seconds": round(sum(seconds), 4),
