@@ -93,12 +93,17 @@ def test_declared_paths_are_the_ones_params_builds(raw):
 
 
 def test_every_declared_path_comes_from_params_paths():
-    """No artifact path is spelled out in dvc.yaml: only code, the CSV sources, and ${paths.*}."""
+    """No artifact path is spelled out in dvc.yaml: only code, the CSV sources, the image folders
+    and ${paths.*}."""
     for name, spec in DVC["stages"].items():
         body = spec.get("do", spec)
         for field in ("deps", "outs", "metrics", "plots"):
             for path in entries(body.get(field)):
-                assert path.startswith(("${paths.", "stages/", "src/torchrepro/", "data/csv")), (name, field, path)
+                assert path.startswith(("${paths.", "stages/", "src/torchrepro/", "data/csv", "data/images")), (
+                    name,
+                    field,
+                    path,
+                )
                 if field != "deps":
                     assert path.startswith("${paths."), (name, field, path)
 

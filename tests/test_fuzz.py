@@ -613,7 +613,12 @@ case(
     setting("experiments.blobs_mlp.model.hidden_sizes", [65536, 65536, 65536]),
     "parameters; at most 1,073,741,824 are allowed",
 )
-case("train-cnn-on-a-table", TRAIN, setting("experiments.blobs_mlp.model", {"name": "cnn"}), "cnn expects 1x28x28")
+case(
+    "train-cnn-on-a-table",
+    TRAIN,
+    setting("experiments.blobs_mlp.model", {"name": "cnn"}),
+    "cnn expects images (channels x height x width)",
+)
 case(
     "train-onecycle-too-short",
     TRAIN,

@@ -52,9 +52,24 @@ def test_cnn_shape():
     assert [(m.in_channels, m.out_channels, m.kernel_size) for m in convs] == [(1, 32, (3, 3)), (32, 64, (3, 3))]
 
 
-def test_cnn_refuses_other_input_shapes():
-    with pytest.raises(ParamsError, match="model: cnn expects 1x28x28 images, the dataset gives 4"):
+def test_cnn_takes_its_channels_and_size_from_the_data():
+    model = create_model("cnn", [3, 32, 32], 2)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs[0].in_channels == 3
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert linears[0].in_features == 64 * 14 * 14
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 2)
+    odd = create_model("cnn", [1, 9, 7], 2)  # odd sides: the pool floors, 64 x 2 x 1 features
+    assert odd(torch.zeros(2, 1, 9, 7)).shape == (2, 2) and odd[7].in_features == 128
+
+
+def test_cnn_refuses_tables_and_tiny_images():
+    with pytest.raises(
+        ParamsError, match=r"^model: cnn expects images \(channels x height x width\), the dataset gives 4 features$"
+    ):
         create_model("cnn", [4], 3)
+    with pytest.raises(ParamsError, match="^model: cnn expects images of at least 6x6 pixels, the dataset gives 5x8$"):
+        create_model("cnn", [3, 5, 8], 3)
 
 
 def test_linear_is_one_affine_map():

@@ -106,14 +106,18 @@ def confusion_heatmap(actual: list[str], predicted: list[str], classes: list[str
     return fig
 
 
-def misclassified_grid(images: np.ndarray, actual: list[str], predicted: list[str], limit: int = 36) -> plt.Figure:
-    """Up to `limit` test images the model got wrong, each labelled 'true→predicted'. One
-    tiled image on one axes: 36 subplots would take matplotlib half a second to lay out."""
+def misclassified_grid(
+    images: np.ndarray, actual: list[str], predicted: list[str], limit: int = 36, digits: bool = True
+) -> plt.Figure:
+    """Up to `limit` test images (pixels 0-255, (N, H, W) grayscale or (N, H, W, 3) RGB) the
+    model got wrong, each labelled 'true→predicted'. One tiled image on one axes: 36 subplots
+    would take matplotlib half a second to lay out. Digits are drawn as ink on paper (light
+    pixels dark), other images as they are, on white."""
     wrong = [i for i, (a, p) in enumerate(zip(actual, predicted)) if a != p][:limit]
-    cols, (h, w) = 6, images.shape[1:]
+    cols, (h, w) = 6, images.shape[1:3]
     rows = max(1, -(-len(wrong) // cols))
     cell_h, cell_w = h + h // 2, w + w // 4  # room for the label above each image
-    canvas = np.zeros((rows * cell_h, cols * cell_w))
+    canvas = np.full((rows * cell_h, cols * cell_w, *images.shape[3:]), 0.0 if digits else 255.0)
     fig, ax = plt.subplots(figsize=(cols * 1.3, rows * 1.5))
     for n, i in enumerate(wrong):
         top, left = (n // cols) * cell_h + h // 2, (n % cols) * cell_w
@@ -121,7 +125,10 @@ def misclassified_grid(images: np.ndarray, actual: list[str], predicted: list[st
         ax.text(
             left + w / 2, top - 1, f"{actual[i]}→{predicted[i]}", ha="center", va="bottom", fontsize=9, color="crimson"
         )
-    ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=255)
+    if canvas.ndim == 3:  # RGB
+        ax.imshow(np.clip(np.rint(canvas), 0, 255).astype(np.uint8))
+    else:
+        ax.imshow(canvas, cmap="gray_r" if digits else "gray", vmin=0, vmax=255)
     ax.axis("off")
     ax.set_title(f"misclassified: {len(wrong)} shown, {sum(a != p for a, p in zip(actual, predicted))} in all")
     fig.tight_layout()
@@ -230,8 +237,10 @@ def run(params: Params, experiment: str) -> None:
             figures["confusion.png"] = confusion_heatmap(actual, predicted, meta["classes"], experiment)
             live.log_sklearn_plot("confusion_matrix", actual, predicted, name="confusion_matrix.json")
             if meta["kind"] == "image":
-                pixels = store.unapply(data.x_test, meta)[:, 0]
-                figures["misclassified.png"] = misclassified_grid(pixels, actual, predicted)
+                pixels = store.unapply(data.x_test, meta)
+                pixels = pixels[:, 0] if pixels.shape[1] == 1 else pixels.transpose(0, 2, 3, 1)  # (N, H, W[, 3])
+                digits = "pixels" not in meta["normalize"]  # an image folder's images are not MNIST digits
+                figures["misclassified.png"] = misclassified_grid(pixels, actual, predicted, digits=digits)
         elif "weight" in metrics and len(meta["feature_names"]) == 1:
             # The points the line was fitted to, back in the CSV's units.
             x = store.unapply(data.x_train, meta)[:, 0]

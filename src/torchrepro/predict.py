@@ -1,12 +1,15 @@
-"""Predict with a trained experiment: digit images (PNG/JPEG) or a CSV of feature rows.
+"""Predict with a trained experiment: images (PNG/JPEG; BMP, WebP too for an image folder's
+models) or a CSV of feature rows.
 
   python -m torchrepro.predict --experiment mnist_cnn digit.png photo.jpg [--json]
   python -m torchrepro.predict --experiment iris_mlp flowers.csv [--out predictions.txt]
 
 Inputs get exactly the normalization the model was trained with (model.json's
-`normalize`, via the data store's `apply`). Images are first framed the way MNIST digits
-are: grayscale, light ink on a dark background, cropped to the ink, fitted into
-20x20 and placed in 28x28 with the ink's center of mass at the center.
+`normalize`, via the data store's `apply`). A model trained on an image folder gets each
+image as the folder's images were made (normalize.pixels: grayscale or RGB, resized). Other
+image models take digits, framed the way MNIST digits are: grayscale, light ink on a dark
+background, cropped to the ink, fitted into 20x20 and placed in 28x28 with the ink's center
+of mass at the center.
 
 Inputs are read, predicted and written CHUNK_ROWS at a time, so memory does not grow with the
 number of rows or files. The output appears only complete: --out FILE is renamed into place
@@ -21,11 +24,9 @@ import json
 import math
 import os
 import shutil
-import struct
 import sys
 import tempfile
 import textwrap
-import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -37,6 +38,7 @@ from torchrepro.core.cli import run
 from torchrepro.core.errors import DataError
 from torchrepro.core.io import atomic_path, require_regular_file
 from torchrepro.core.params import Params, load_params
+from torchrepro.download import images
 from torchrepro.download.sources import read_csv_frames, read_numeric
 from torchrepro.normalize import store
 
@@ -67,55 +69,24 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     is decoded. An image of more than WORK_PIXELS is decoded at a reduced scale (JPEG) or
     box-reduced right after decoding (PNG), before the other copies are made: memory stays
     under about 4 bytes per pixel of the limit, 8 with transparency (PIL reduces those through
-    a premultiplied copy). A digit keeps its shape: it ends up 20x20 anyway.
+    a premultiplied copy). A digit keeps its shape: it ends up 20x20 anyway. A warning PIL
+    gives while reading the file is an error (images.opened): EXIF holds the rotation.
     """
-    from PIL import Image
-
     path = Path(path)
     require_regular_file(path, "an image")
-    limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None  # the check below replaces PIL's, which warns before it refuses
     try:
-        return _decode(path, max_pixels)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    # UnidentifiedImageError is an OSError; truncated files raise OSError on decode; PIL reports
-    # some malformed chunks as SyntaxError, struct.error or EOFError.
-    except (OSError, ValueError, EOFError, SyntaxError, struct.error) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError(f"{path}: not a readable PNG or JPEG image ({reason})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
+        with images.opened(path, IMAGE_FORMATS, "PNG or JPEG", max_pixels, _draft) as image:
+            return _gray(image)
+    except images.TooManyPixels as error:
+        n = error.width * error.height
+        raise DataError(
+            f"{error}; pass --max-pixels {n} to read it (up to {8 * n / 2**20:,.0f} MiB of memory)"
+        ) from None
 
 
-def _decode(path: Path, max_pixels: int) -> np.ndarray:
-    """read_image's decoding. PIL reads on past what breaks a file's format (EXIF that runs past
-    its end, a malformed chunk) with a UserWarning; such a file cannot be trusted (EXIF holds
-    the rotation), so the first warning while reading it is the error. While converting, PIL's
-    warnings are advice about the conversions chosen here, not about the file: silenced."""
-    from PIL import Image
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
-        with Image.open(path, formats=IMAGE_FORMATS) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise DataError(
-                    f"{path}: {width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,}; "
-                    f"pass --max-pixels {width * height} to read it (up to {8 * width * height / 2**20:,.0f} MiB of memory)"
-                )
-            if image.format == "JPEG" and (factor := _reduction(width, height)) > 1:
-                image.draft(image.mode, (width // factor, height // factor))  # DCT scaling: 1/2, 1/4 or 1/8
-            image.load()
-            image.getexif()  # parsed now, while its warnings are about the file
-            if damage := [w for w in caught if issubclass(w.category, UserWarning)]:
-                reason = " ".join(str(damage[0].message).split())[:200]
-                raise DataError(f"{path}: not a readable PNG or JPEG image ({reason})")
-            warnings.simplefilter("ignore", UserWarning)
-            gray = _gray(image)
-    for w in caught:  # other kinds (a DeprecationWarning) are shown as they would have been
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
-    return gray
+def _draft(width: int, height: int) -> tuple[int, int] | None:
+    factor = _reduction(width, height)
+    return (width // factor, height // factor) if factor > 1 else None
 
 
 def _reduction(width: int, height: int) -> int:
@@ -216,11 +187,35 @@ def load_trained(params: Params, experiment: str, device: torch.device | str = "
 
 
 def is_image_model(info: dict[str, Any]) -> bool:
-    return len(info["input_shape"]) == 3  # (1, 28, 28); tabular models take (F,)
+    return len(info["input_shape"]) == 3  # (C, H, W); tabular models take (F,)
+
+
+def pixels_spec(info: dict[str, Any]) -> dict[str, Any] | None:
+    """How the training images were made from files ({"color", "size"}, from an image folder),
+    or None for digits, which are framed as MNIST's."""
+    spec = info["normalize"].get("pixels")
+    if spec is None:
+        return None
+    channels = {"grayscale": 1, "rgb": 3}.get(spec.get("color")) if isinstance(spec, dict) else None
+    if channels is None or [channels, *spec.get("size", [])] != list(info["input_shape"]):
+        raise DataError(
+            f"{info['experiment']}: model.json's normalize.pixels {spec!r} does not fit its input_shape "
+            f"{info['input_shape']}; train the experiment again"
+        )
+    return spec
+
+
+def read_resized(path: str | Path, spec: dict[str, Any], max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """An image file as the image_folder source made the training images: (C, H, W) float64 0-255."""
+    try:
+        pixels = images.read_pixels(path, spec["color"], tuple(spec["size"]), max_pixels)
+    except images.TooManyPixels as error:
+        raise DataError(f"{error}; pass --max-pixels {error.width * error.height} to read it") from None
+    return pixels.reshape(-1, *spec["size"]).astype(np.float64)
 
 
 def predict_raw(model: torch.nn.Module, info: dict[str, Any], raw: np.ndarray, device="cpu") -> list[dict[str, Any]]:
-    """Predictions for raw inputs (pixels 0-255 as (N, 1, 28, 28), or raw feature rows (N, F)):
+    """Predictions for raw inputs (pixels 0-255 as (N, C, H, W), or raw feature rows (N, F)):
     class and top-k probabilities for classification, the value for regression."""
     import torch
 
@@ -246,13 +241,15 @@ def check_inputs(files: list[str | Path], info: dict[str, Any]) -> None:
     """Each file is of the kind the model takes (images, or CSV tables) and a regular file:
     said before any file is read."""
     image_model = is_image_model(info)
-    if image_model and list(info["input_shape"]) != [1, FIELD, FIELD]:
+    resized = image_model and pixels_spec(info) is not None
+    if image_model and not resized and list(info["input_shape"]) != [1, FIELD, FIELD]:
         shape = "x".join(map(str, info["input_shape"]))
         raise DataError(f"{info['experiment']}: images are framed as 1x28x28 digits; this model takes {shape}")
     for file in map(Path, files):
         is_csv = file.suffix.lower() == ".csv"
         if image_model and is_csv:
-            raise DataError(f"{file}: experiment {info['experiment']!r} takes images (PNG or JPEG), not a CSV")
+            kinds = images.FOLDER_KIND if resized else "PNG or JPEG"
+            raise DataError(f"{file}: experiment {info['experiment']!r} takes images ({kinds}), not a CSV")
         if not image_model and not is_csv:
             raise DataError(
                 f"{file}: experiment {info['experiment']!r} takes a CSV with columns "
@@ -284,9 +281,12 @@ def read_inputs(
 def _read_pieces(
     files: list[str | Path], info: dict[str, Any], max_pixels: int, chunk_rows: int | None
 ) -> Iterator[tuple[np.ndarray, list[dict[str, Any]]]]:
-    """Each image (1, 1, 28, 28), or up to `chunk_rows` rows of a CSV, with their labels."""
+    """Each image (1, C, H, W), or up to `chunk_rows` rows of a CSV, with their labels."""
+    spec = pixels_spec(info) if is_image_model(info) else None
     for file in map(Path, files):
-        if is_image_model(info):
+        if spec is not None:
+            yield read_resized(file, spec, max_pixels)[None], [{"input": str(file)}]
+        elif is_image_model(info):
             yield frame_digit(read_image(file, max_pixels), str(file))[None, None], [{"input": str(file)}]
         else:
             for rows, numbers in read_features(file, info["feature_names"], chunk_rows):

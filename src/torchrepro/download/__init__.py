@@ -1,7 +1,7 @@
 """The download stage: fetch a dataset's raw files into data/raw/<dataset>/.
 
 Each source in the registry (sources.py: csv, iris, mnist-5k; mnist.py: mnist,
-fashion-mnist) copies or downloads its files in a plain format (.npy, .csv or the
+fashion-mnist; folder.py: image_folder) copies or downloads its files in a plain format (.npy, .csv or the
 original IDX files) and reads that directory back as a Table. No torch here.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from torchrepro.core.io import atomic_dir
-from torchrepro.download import mnist  # noqa: F401  (registers mnist and fashion-mnist)
+from torchrepro.download import folder, mnist  # noqa: F401  (register image_folder, mnist, fashion-mnist)
 from torchrepro.download.sources import Table, resolve_source
 
 

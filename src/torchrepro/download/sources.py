@@ -25,17 +25,20 @@ Task = Literal["classification", "regression"]
 class Table:
     """Raw examples as a source provides them, before splitting and scaling."""
 
-    x: np.ndarray  # (N, H, W) uint8 for images, (N, F) float64 for tabular
+    x: np.ndarray  # (N, H, W) uint8 grayscale or (N, 3, H, W) RGB images, (N, F) float64 for tabular
     y: np.ndarray  # (N,) int64 class indices, or float64 regression targets
     task: Task
     feature_names: list[str]
     target_name: str
     classes: list[str] = field(default_factory=list)  # class names, classification only
     is_test: np.ndarray | None = None  # (N,) bool when the source defines its own split
+    # How an image file became a row of x, for predict to do the same: {"color", "size"} from
+    # a source that resizes files (image_folder); None for digits, which predict frames as MNIST.
+    pixels: dict[str, Any] | None = None
 
     @property
     def kind(self) -> Literal["image", "tabular"]:
-        return "image" if self.x.ndim == 3 else "tabular"
+        return "image" if self.x.ndim in (3, 4) else "tabular"
 
 
 class Options(BaseModel):

@@ -73,18 +73,23 @@ def mlp(
 
 @register_model
 def cnn(input_shape: list[int], n_outputs: int, dropout1: Probability = 0.25, dropout2: Probability = 0.5) -> nn.Module:
-    """The pytorch/examples MNIST shape: two 3x3 convs (32, 64), max-pool, dropout, 9216 -> 128 -> n."""
-    if list(input_shape) != [1, 28, 28]:
-        raise ValueError(f"cnn expects 1x28x28 images, the dataset gives {'x'.join(map(str, input_shape))}")
+    """The pytorch/examples MNIST shape on the data's channels x height x width: two 3x3 convs
+    (32, 64), max-pool, dropout, flatten -> 128 -> n; 9216 flattened features for 1x28x28."""
+    if len(input_shape) != 3:
+        raise ValueError(f"cnn expects images (channels x height x width), the dataset gives {input_shape[0]} features")
+    channels, height, width = input_shape
+    if min(height, width) < 6:
+        raise ValueError(f"cnn expects images of at least 6x6 pixels, the dataset gives {height}x{width}")
+    flat = 64 * ((height - 4) // 2) * ((width - 4) // 2)  # two unpadded 3x3 convs, then a 2x2 pool
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3),
-        nn.ReLU(),  # (B, 32, 26, 26)
+        nn.Conv2d(channels, 32, 3),
+        nn.ReLU(),  # (B, 32, H-2, W-2)
         nn.Conv2d(32, 64, 3),
-        nn.ReLU(),  # (B, 64, 24, 24)
-        nn.MaxPool2d(2),  # (B, 64, 12, 12)
+        nn.ReLU(),  # (B, 64, H-4, W-4)
+        nn.MaxPool2d(2),  # (B, 64, (H-4)/2, (W-4)/2)
         nn.Dropout(dropout1),
-        nn.Flatten(),  # (B, 9216)
-        nn.Linear(9216, 128),
+        nn.Flatten(),  # (B, flat)
+        nn.Linear(flat, 128),
         nn.ReLU(),
         nn.Dropout(dropout2),
         nn.Linear(128, n_outputs),

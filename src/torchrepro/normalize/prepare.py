@@ -51,7 +51,7 @@ def statistics(x_train: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray
     border pixel that is almost always 0 has a std near 0, and dividing by it would turn one
     bright test pixel into a value in the hundreds. No pixel is then scaled up more than the
     `global` method scales it."""
-    if method == "none" or (method == "unit" and x_train.ndim == 3):  # images: / 255 is all of unit
+    if method == "none" or (method == "unit" and x_train.ndim >= 3):  # images: / 255 is all of unit
         shape = x_train.shape[1:] if x_train.ndim == 2 else ()
         return np.zeros(shape), np.ones(shape)
     if method == "unit":  # features by the training min and max
@@ -61,7 +61,7 @@ def statistics(x_train: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray
         axis = None if method == "global" else 0  # global: one scalar over the whole matrix
         offset = np.asarray(x_train.mean(axis=axis, dtype=np.float64))
         divisor = np.asarray(x_train.std(axis=axis, dtype=np.float64))
-        if method == "per_feature" and x_train.ndim == 3:
+        if method == "per_feature" and x_train.ndim >= 3:
             divisor = np.maximum(divisor, x_train.std(dtype=np.float64))
     return offset, np.where(divisor > 0, divisor, 1.0)
 
@@ -86,8 +86,8 @@ def prepare(table: Table, test_size: float | None, seed: int, method: str, strat
     offset, divisor = statistics(x[train], method)
     x -= offset.astype(x.dtype)
     x /= divisor.astype(x.dtype)
-    if image:
-        x = x[:, None, :, :]  # (N, 1, H, W): one channel, as convolutions expect
+    if image and x.ndim == 3:
+        x = x[:, None, :, :]  # (N, 1, H, W): one channel, as convolutions expect; RGB is (N, 3, H, W)
     y_dtype = np.int64 if table.task == "classification" else np.float32
     meta = {
         "task": table.task,
@@ -96,7 +96,8 @@ def prepare(table: Table, test_size: float | None, seed: int, method: str, strat
         "classes": table.classes,
         "feature_names": table.feature_names,
         "target": table.target_name,
-        "normalize": {"method": method, "scale": scale, "mean": offset.tolist(), "std": divisor.tolist()},
+        "normalize": {"method": method, "scale": scale, "mean": offset.tolist(), "std": divisor.tolist()}
+        | ({"pixels": table.pixels} if table.pixels is not None else {}),  # model.json carries it to predict
         "n_train": int(len(train)),
         "n_test": int(len(test)),
         "split": _describe_split(table, test_size, stratify),
