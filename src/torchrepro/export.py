@@ -3,7 +3,7 @@
   python -m torchrepro.export --experiment mnist_cnn [--out mnist_cnn.pt2]
 
 The program is the model with its normalization in front (`RawInputs`): it takes
-pixels 0-255 as float32 (N, 1, 28, 28), or raw feature values (N, F) in model.json's
+pixels 0-255 as float32 (N, C, H, W) (1x28x28 for digits), or raw feature values (N, F) in model.json's
 feature order, and returns logits (classification) or values (regression), N free.
 It is a torch.export program (.pt2, torch.export.save) with model.json inside as an
 extra file; load it with `torch.export.load(path).module()`. Only if torch.export

@@ -1,7 +1,7 @@
 """The processed-data store: what the normalize stage writes and every later stage reads.
 
 In data/processed/<dataset>/:
-  train.npz, test.npz  x float32 (N, 1, 28, 28) images or (N, F) tabular; y int64 or float32
+  train.npz, test.npz  x float32 (N, C, H, W) images or (N, F) tabular; y int64 or float32
   meta.json            task, classes, feature names, the normalization and the SHA-256 of
                        both .npz files, checked on every load so damage is never trained on
 No torch here; the arrays load with allow_pickle=False.
