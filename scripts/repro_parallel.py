@@ -3,13 +3,15 @@
 DVC runs one stage at a time. It lets several `dvc repro` processes share a workspace as long
 as their stages write disjoint outputs: each stage takes DVC's read/write locks on its deps and
 outs (.dvc/tmp/rwlock), and the repo lock only while DVC records a stage, not while its command
-runs (`--wait-for-lock` makes the others wait for it instead of failing). So the pipeline runs
-in waves whose targets share nothing they write:
+runs (`--wait-for-lock` makes the others wait for it instead of failing). A stage DVC skips as
+unchanged takes the write lock on its outs too, so no process may pass through a stage another
+one needs: each names its own stages with --single-item (DVC runs them in the order given),
+in waves whose stages share nothing they write:
 
   1. validate (every stage reads its marker);
   2. each dataset's download and normalize, and the activations figure, side by side;
   3. each experiment's train, evaluate and plot, side by side (their datasets are done);
-  4. `dvc repro`: the report, and a check that nothing else is left.
+  4. the report, then `dvc repro`: a stage none of the waves names runs here, and nothing else.
 
     python scripts/repro_parallel.py [--jobs N] [-f]    (make repro-parallel [JOBS=N])
 
@@ -40,16 +42,21 @@ def stage_names() -> list[str]:
     return listed.stdout.split()
 
 
-def wave(targets: list[str], jobs: int, force: list[str]) -> None:
-    """`dvc repro <target>` for each target, `jobs` at a time; stop at the first failure."""
+def wave(chains: list[list[str]], jobs: int, force: list[str], single_item: bool = True) -> None:
+    """`dvc repro --single-item <its stages>` for each chain, `jobs` at a time; exit on a failure."""
+    options = [*force, "--single-item"] if single_item else force
+
+    def repro(chain: list[str]) -> tuple[str, subprocess.CompletedProcess]:
+        return " ".join(chain), dvc("repro", *options, *chain)
+
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        results = list(pool.map(lambda target: (target, dvc("repro", *force, target)), targets))
+        results = list(pool.map(repro, chains))
     failed = False
-    for target, done in results:
-        sys.stdout.write("".join(f"[{target}] {line}\n" for line in done.stdout.splitlines()))
+    for label, done in results:
+        sys.stdout.write("".join(f"[{label}] {line}\n" for line in done.stdout.splitlines()))
         if done.returncode:
             sys.stderr.write(done.stderr)
-            print(f"error: dvc repro {target} exited with {done.returncode}", file=sys.stderr)
+            print(f"error: dvc repro {label} exited with {done.returncode}", file=sys.stderr)
             failed = True
     if failed:
         sys.exit(1)
@@ -62,22 +69,18 @@ def main() -> None:
     args = parser.parse_args()
     if args.jobs < 1:
         sys.exit(f"error: --jobs must be at least 1 (got {args.jobs})")
-    force = ["-s", "-f"] if args.force else []
+    force = ["-f"] if args.force else []
     names = stage_names()
 
-    def kind(prefix: str) -> list[str]:
-        return [n for n in names if n.startswith(prefix + "@")]
+    def chains(*kinds: str) -> list[list[str]]:
+        """[kind@key for each kind] for each key of the first kind's foreach."""
+        keys = [n.split("@", 1)[1] for n in names if n.startswith(kinds[0] + "@")]
+        return [[f"{kind}@{key}" for kind in kinds if f"{kind}@{key}" in names] for key in keys]
 
-    if args.force:  # with -s each wave names every stage it runs, upstream ones included
-        waves = [["validate"], kind("download"), [*kind("normalize"), "activations"], kind("train")]
-        waves += [kind("evaluate"), kind("plot"), ["report"]]
-    else:
-        waves = [["validate"], [*kind("normalize"), "activations"], kind("plot"), []]
-    for targets in waves:
-        if targets:
-            wave(targets, args.jobs, force)
-    if not args.force:  # the report, and what any wave did not reach
-        wave(["dvc.yaml"], 1, [])
+    waves = [[["validate"]], [*chains("download", "normalize"), ["activations"]], chains("train", "evaluate", "plot")]
+    for chains_of_wave in [*waves, [["report"]]]:
+        wave(chains_of_wave, args.jobs, force)
+    wave([["dvc.yaml"]], 1, [], single_item=False)
 
 
 if __name__ == "__main__":
