@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 # The page template that lets `dvc plots show` render without a network (docs/plots.md).
 PLOTS_TEMPLATE := .dvc/plots_offline.html
 
-.PHONY: setup repro test lint test-all test-browser browser test-remotes test-ssh test-vendors bench clean
+.PHONY: setup repro repro-parallel test lint test-all test-browser browser test-remotes test-ssh test-vendors bench clean
 
 setup: $(VENV)/.installed $(PLOTS_TEMPLATE)
 
@@ -25,6 +25,11 @@ $(PLOTS_TEMPLATE): $(VENV)/.installed src/torchrepro/plots_html.py
 
 repro: setup  ## the main job: the default pipeline
 	dvc repro
+
+# Independent stages side by side (scripts/repro_parallel.py): the same results and dvc.lock.
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+repro-parallel: setup  ## the default pipeline, JOBS stage processes at a time (default: cores)
+	python scripts/repro_parallel.py --jobs $(JOBS)
 
 test: setup lint browser  ## the default test suite (what CI runs)
 	pytest

@@ -1,25 +1,28 @@
-"""Pipeline overhead: how much of a cold `dvc repro` is training, and what a no-op costs.
+"""Pipeline overhead: what the edit-rerun loop and a cold `dvc repro` cost beyond training.
 
-In a fresh clone of this repository (HEAD, default params, empty DVC cache):
-  1. a cold `dvc repro`: total wall time against the sum of the training loops' own
-     seconds (logs/<experiment>.json), with the wall time split by stage kind;
-  2. a no-op `dvc repro` (nothing changed) against DVC's own no-op on a one-stage project,
-     and on a project of as many trivial stages as ours (DVC's floor for that many stages).
+In fresh clones of this repository (HEAD, default params, empty DVC cache), one run reports:
+  1. DVC's own floor: `dvc exp run -S` of one param in a project of 5 trivial Python stages
+     (one imports torch, as our train stage does), and a cold `dvc repro` of 39 trivial
+     Python stages, as many as the default pipeline has;
+  2. each stage kind's fixed cost: its process run by hand on the smallest workload
+     (linreg_line5: 5 points, 10 epochs), against `python -c "import torch"`;
+  3. dvclive's cost per epoch, as the train stage logs (core/live.py);
+  4. the edit-rerun cycle: `dvc exp run -S` of one param of iris_mlp and of mnist_mlp, wall
+     time against that run's training seconds (logs/<experiment>.json);
+  5. the whole default pipeline from scratch, `dvc repro` and scripts/repro_parallel.py, each
+     against the summed training seconds.
 
-With --fashion, the cold run trains the three image recipes (their own epochs) on
-Fashion-MNIST's 60,000 images instead of the 4,000 digits of the default params: the same
-fixed costs beside training at full size. Data as in train_memory.py.
+With --fashion, the cold runs train the three image recipes on Fashion-MNIST's 60,000 images
+(bench/clone.py). Everything runs with the default params' own settings.
 
-    python bench/pipeline_overhead.py
-    python bench/pipeline_overhead.py --fashion [--local-dir DIR]
+    python bench/pipeline_overhead.py [--jobs N] [--fashion [--local-dir DIR]]
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import json
-import re
+import os
 import statistics
 import subprocess
 import sys
@@ -27,86 +30,148 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
 from clone import env, fresh_clone, use_fashion_mnist  # bench/clone.py
 
+SMALL = ("linreg_line5", "line5")  # the smallest experiment and its dataset
 
-def timed(command: list[str], cwd: Path) -> float:
+
+def timed(command: list[str], cwd: Path, extra: dict[str, str] | None = None) -> float:
     started = time.perf_counter()
-    subprocess.run(command, cwd=cwd, env=env(cwd), check=True, capture_output=True)
+    done = subprocess.run(command, cwd=cwd, env={**env(cwd), **(extra or {})}, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"error: `{' '.join(command)}` failed in {cwd}:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     return time.perf_counter() - started
 
 
-def cold_repro(repo: Path) -> tuple[float, dict[str, float]]:
-    """Wall seconds of `dvc repro`, and seconds per stage kind (train, evaluate, ...): from
-    the moment DVC announces a stage to the moment it announces the next one or exits."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        ["dvc", "repro"], cwd=repo, env=env(repo), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    spans: dict[str, float] = collections.defaultdict(float)
-    current, since = "start-up", started
-    for line in proc.stdout:
-        if match := re.match(r"Running stage '([^']+)'", line):
-            now = time.perf_counter()
-            spans[current] += now - since
-            current, since = match.group(1), now
-    if proc.wait():
-        sys.exit("error: dvc repro failed")
-    total = time.perf_counter() - started
-    spans[current] += total - (since - started)
-    return total, dict(spans)
+def median(command: list[str], cwd: Path, runs: int = 3) -> float:
+    return statistics.median(timed(command, cwd) for _ in range(runs))
 
 
-def noop(repo: Path, runs: int = 7) -> float:
-    return statistics.median(timed(["dvc", "repro"], repo) for _ in range(runs))
-
-
-def trivial_project(where: Path, n_stages: int) -> Path:
-    """A project of n stages that each write one small file: DVC's own cost per stage."""
-    repo = where / f"trivial-{n_stages}"
+def init_project(repo: Path, dvc_yaml: str, params: str = "p: 0\n") -> Path:
     repo.mkdir()
-    stages = "".join(
-        f"  s{i}:\n    cmd: echo {i} > out{i}.txt\n    outs:\n      - out{i}.txt\n" for i in range(n_stages)
-    )
-    (repo / "dvc.yaml").write_text("stages:\n" + stages)
-    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro", "-q"]):
-        subprocess.run(command, cwd=repo, env=env(repo), check=True, capture_output=True)
+    (repo / "dvc.yaml").write_text(dvc_yaml)
+    (repo / "params.yaml").write_text(params)
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        timed(command, repo)
+    identity = ["-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
+    timed(["git", "add", "-A"], repo)
+    timed(["git", *identity, "commit", "-qm", "trivial project"], repo)
     return repo
+
+
+def trivial_stage(i: int, code: str, dep: str | None) -> str:
+    deps = f"    deps:\n      - {dep}\n" if dep else "    params:\n      - p\n"
+    return f'  s{i}:\n    cmd: python -c "{code}"\n{deps}    outs:\n      - out{i}.txt\n'
+
+
+def dvc_floor(where: Path) -> tuple[float, float]:
+    """(`dvc exp run -S` of 5 trivial stages, the second importing torch; cold `dvc repro` of
+    39 trivial stages): DVC's own seconds, and Python's start-up, for that many stages."""
+    write = "open('out{i}.txt', 'w').write('{i}')"
+    five = "".join(
+        trivial_stage(i, ("import torch; " if i == 1 else "") + write.format(i=i), f"out{i - 1}.txt" if i else None)
+        for i in range(5)
+    )
+    small = init_project(where / "trivial-5", "stages:\n" + five)
+    timed(["dvc", "repro", "-q"], small)
+    timed(["git", "add", "-A"], small)
+    timed(["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "run"], small)
+    exp_run = statistics.median(timed(["dvc", "exp", "run", "-S", f"p={n}"], small) for n in (1, 2, 3))
+    many = "".join(trivial_stage(i, write.format(i=i), f"out{i - 1}.txt" if i else None) for i in range(39))
+    return exp_run, timed(["dvc", "repro"], init_project(where / "trivial-39", "stages:\n" + many))
+
+
+def stage_costs(clone: Path) -> dict[str, float]:
+    """Median wall seconds of each stage's process on the smallest workload (after a repro)."""
+    experiment, dataset = SMALL
+    commands = {
+        "validate": ["stages/validate.py", "logs/params.ok"],
+        "download": ["stages/download.py", dataset],
+        "normalize": ["stages/normalize.py", dataset],
+        "train": ["stages/train.py", experiment],
+        "evaluate": ["stages/evaluate.py", experiment],
+        "plot": ["stages/plot.py", experiment],
+        "report": ["stages/report.py"],
+    }
+    return {kind: median(["python", *args], clone) for kind, args in commands.items()}
+
+
+def dvclive_per_epoch(clone: Path, epochs: int = 300) -> float:
+    """Milliseconds per epoch of the train stage's dvclive logging (4 metrics, then next_step)."""
+    code = f"""
+import time
+from torchrepro.core.live import open_live
+from torchrepro.train.stage import log_epoch
+live = open_live("bench-live")
+rows = [{{"epoch": e, "train_loss": 1 / e, "train_accuracy": 0.5, "test_loss": 2 / e, "test_accuracy": 0.4}}
+        for e in range(1, {epochs} + 1)]
+log_epoch(live, rows[0])  # opening dvclive is the stage's fixed cost, not an epoch's
+started = time.perf_counter()
+for row in rows[1:]:
+    log_epoch(live, row)
+live.end()
+print((time.perf_counter() - started) / ({epochs} - 1) * 1000)
+"""
+    done = subprocess.run(["python", "-c", code], cwd=clone, env=env(clone), capture_output=True, text=True, check=True)
+    return float(done.stdout.split()[-1])
+
+
+def train_seconds(clone: Path, experiments: list[str] | None = None) -> float:
+    logs = [clone / "logs" / f"{name}.json" for name in experiments] if experiments else (clone / "logs").glob("*.json")
+    return sum(json.loads(p.read_text())["train_seconds"] for p in logs)
+
+
+def edit_rerun(clone: Path, experiment: str) -> tuple[float, float]:
+    """(wall seconds of `dvc exp run -S` of one more epoch, that run's training seconds)."""
+    epochs = yaml.safe_load((clone / "params.yaml").read_text())["experiments"][experiment]["train"]["epochs"]
+    wall = timed(["dvc", "exp", "run", "-S", f"experiments.{experiment}.train.epochs={epochs + 1}"], clone)
+    return wall, train_seconds(clone, [experiment])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="for repro_parallel.py (default: cores)")
     parser.add_argument("--fashion", action="store_true", help="train the image recipes on Fashion-MNIST")
     parser.add_argument("--local-dir", type=Path, help="with --fashion: directory with the four IDX files")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="torchrepro-overhead-") as tmp:
-        clone = fresh_clone(Path(tmp))
-        if args.fashion:
-            use_fashion_mnist(clone, args.local_dir)
-        import_torch = timed([sys.executable, "-c", "import torch"], clone)
-        cold, spans = cold_repro(clone)
-        logs = [json.loads(p.read_text()) for p in sorted((clone / "logs").glob("*.json"))]
-        training = sum(log["train_seconds"] for log in logs)
-        print(
-            f"cold dvc repro: {cold:.1f} s wall; training loops: {training:.1f} s "
-            f"({training / cold:.0%} of the wall time, {len(logs)} experiments)"
-        )
-        kinds: dict[str, list[float]] = collections.defaultdict(list)
-        for stage, seconds in spans.items():
-            kinds[stage.split("@")[0]].append(seconds)
-        for kind, seconds in kinds.items():
-            print(
-                f"  {kind:<12} {len(seconds):>2} stage(s) {sum(seconds):6.1f} s  ({sum(seconds) / len(seconds):.2f} s each)"
-            )
-        print(f"  (`import torch` alone: {import_torch:.2f} s per process)")
+        tmp = Path(tmp)
+        floor5, floor39 = dvc_floor(tmp)
+        print(f"DVC's floor: `dvc exp run -S` of 5 trivial stages (one imports torch) {floor5:.1f} s; ", end="")
+        print(f"cold `dvc repro` of 39 trivial stages {floor39:.1f} s")
 
-        n_stages = len(spans) - ("start-up" in spans)
-        ours = noop(clone)
-        one, many = noop(trivial_project(Path(tmp), 1)), noop(trivial_project(Path(tmp), n_stages))
+        clones = {}
+        for name in ("sequential", "parallel"):
+            clones[name] = fresh_clone(tmp / name)
+            if args.fashion:
+                use_fashion_mnist(clones[name], args.local_dir)
+        seq = timed(["dvc", "repro"], clones["sequential"])
+        seq_train = train_seconds(clones["sequential"])
+        par = timed(["python", "scripts/repro_parallel.py", "--jobs", str(args.jobs)], clones["parallel"])
+        par_train = train_seconds(clones["parallel"])
+        listed = subprocess.run(["dvc", "stage", "list", "--name-only"], cwd=clones["sequential"],
+                                env=env(clones["sequential"]), capture_output=True, text=True, check=True)  # fmt: skip
+        n_stages = len(listed.stdout.split())
+        clone = clones["sequential"]
+
+        torch_import = median(["python", "-c", "import torch"], clone, runs=5)
+        print(f"`python -c 'import torch'`: {torch_import:.2f} s; each stage's process on {SMALL[0]}:")
+        for kind, seconds in stage_costs(clone).items():
+            print(f"  {kind:<9} {seconds:5.2f} s  ({seconds / torch_import:.2f}x import torch)")
+        print(f"dvclive per epoch: {dvclive_per_epoch(clone):.2f} ms")
+
+        for experiment in ("iris_mlp", "mnist_mlp"):
+            wall, training = edit_rerun(clone, experiment)
+            print(
+                f"edit-rerun {experiment}: {wall:.1f} s wall, {training:.1f} s training, "
+                f"{wall - training:.1f} s beyond it (target: DVC floor {floor5:.1f} s + 5 s)"
+            )
         print(
-            f"no-op dvc repro: {ours:.2f} s; one-stage project: {one:.2f} s (ratio {ours / one:.2f}x); "
-            f"{n_stages} trivial stages: {many:.2f} s (ratio {many / one:.2f}x)"
+            f"cold dvc repro ({n_stages} stages): {seq:.1f} s wall, {seq_train:.1f} s training "
+            f"(target: 1.5 x training + {floor39:.1f} s = {1.5 * seq_train + floor39:.1f} s)"
         )
+        print(f"cold repro_parallel.py --jobs {args.jobs}: {par:.1f} s wall, {par_train:.1f} s training")
 
 
 if __name__ == "__main__":

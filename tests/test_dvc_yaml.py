@@ -73,9 +73,10 @@ def test_declared_paths_are_the_ones_params_builds(raw):
         assert str(paths.raw_dir(key)) in body["deps"]
     for key, body, item in expanded("train", raw):
         live = paths.train_live_dir(key)
-        assert body["outs"] == [str(paths.model_dir(key))]  # the log of seconds is no output
+        # The log of seconds is no output; the per-epoch rows are drawn by the top-level plots.
+        assert body["outs"] == [str(paths.model_dir(key)), str(live / "plots" / "metrics")]
         assert body["metrics"] == [str(live / "metrics.json")]
-        assert body["plots"] == [str(live / "plots" / "metrics")]
+        assert body["plots"] == []
         assert str(paths.processed_dir(item["dataset"])) in body["deps"]
     for key, body, item in expanded("evaluate", raw):
         assert body["metrics"] == [str(paths.evaluate_live_dir(key) / "metrics.json")]
@@ -90,6 +91,34 @@ def test_declared_paths_are_the_ones_params_builds(raw):
             paths.processed_dir(item["dataset"]),
         ]
         assert set(map(str, needed)) <= set(body["deps"])
+
+
+def curves(raw: dict) -> dict[str, dict]:
+    """The top-level plots, resolved: {plot id: its definition}."""
+    return {
+        plot_id: {**spec, "y": {resolve(path, raw): field for path, field in spec["y"].items()}}
+        for item in DVC["plots"]
+        for plot_id, spec in item.items()
+        if isinstance(spec, dict) and "y" in spec
+    }
+
+
+@pytest.mark.parametrize("raw", paths_variants(), ids=["shipped", "renamed-roots"])
+def test_each_experiment_has_one_chart_per_metric_with_train_and_test(raw):
+    """An experiment added to params.yaml without its charts fails here, naming what to add."""
+    paths, declared = parse_params(raw).paths, curves(raw)
+    wanted = {}
+    for name, exp in raw["experiments"].items():
+        task = raw["datasets"][exp["dataset"]]["source"].get("task", "classification")
+        for metric in ("loss", "accuracy") if task == "classification" else ("loss",):
+            tsv = paths.train_live_dir(name) / "plots" / "metrics"
+            wanted[f"{name}-{metric}"] = {
+                "title": f"{name}: {metric}",
+                "x": "step",
+                "x_label": "epoch",
+                "y": {str(tsv / split / f"{metric}.tsv"): metric for split in ("train", "test")},
+            }
+    assert declared == wanted
 
 
 def test_every_declared_path_comes_from_params_paths():
