@@ -36,13 +36,20 @@ Seed = Annotated[int, Field(ge=0, lt=2**32)]  # numpy and scikit-learn take 32-b
 LAUNCHER_WORD = r"[A-Za-z0-9_./:=+,@%-]+"
 LAUNCHER_PATTERN = re.compile(rf"^{LAUNCHER_WORD}( +{LAUNCHER_WORD})*$")
 LAUNCHER_RULE = (
-    "a command and its arguments as plain words of letters, digits and - _ . / : = + , @ %, separated by "
-    "spaces (e.g. python, or torchrun --nproc-per-node 2); no shell syntax such as ; | & $ ` < > or quotes"
+    "a command and its arguments: words of letters, digits and - _ . / : = + , @ % separated by spaces, "
+    "e.g. python or torchrun --nproc-per-node 2; no shell syntax (; | & $ ` < > quotes)"
 )
 # The project's own files, relative to its root: code, tests, what git and DVC keep, and the CSV
 # sources. No `paths:` root may lie in one (a stage would replace or delete files there) or hold one.
 CSV_DIR = "data/csv"  # the download stage's dep in dvc.yaml: a CSV source elsewhere is not tracked
-PROTECTED = ("src", "stages", "tests", ".git", ".dvc", CSV_DIR)
+PROTECTED = {
+    "src": "the library",
+    "stages": "the stage scripts",
+    "tests": "the tests",
+    ".git": "git's repository",
+    ".dvc": "DVC's cache and settings",
+    CSV_DIR: "the CSV sources",
+}
 
 
 class Strict(BaseModel):
@@ -141,11 +148,12 @@ def project_path_problem(value: str, root: Path | None = None) -> str | None:
         return f"{value!r} is absolute; give a path relative to the project's folder"
     if ".." in path.parts:
         return f"{value!r} climbs out of its folder with '..'; give a path inside the project"
-    for protected in map(Path, PROTECTED):
+    for name, what in PROTECTED.items():
+        protected = Path(name)
         if protected in (path, *path.parents):
-            return f"{value!r} lies in {protected}, the project's own files; choose a folder of its own"
+            return f"{value!r} lies in {name}/ ({what}); choose a folder of its own"
         if path in protected.parents:
-            return f"{value!r} holds {protected}, the project's own files; choose a folder of its own"
+            return f"{value!r} holds {name}/ ({what}); choose a folder of its own"
     return None if root is None else _on_disk_problem(value, root)
 
 
@@ -155,11 +163,15 @@ def _on_disk_problem(value: str, root: Path) -> str | None:
     target = (root / value).resolve()
     if target == top or not target.is_relative_to(top):
         return f"{value!r} leads to {target} (through a link), not to a folder inside the project"
-    protected = [root / p for p in PROTECTED if (root / p).exists()]
+    protected = {name: what for name, what in PROTECTED.items() if (root / name).exists()}
+    for name, what in protected.items():
+        if (root / name).resolve().is_relative_to(target):
+            return f"{value!r} leads to {target}, which holds {name}/ ({what}); choose a folder of its own"
     place = target
     while True:  # samefile: a link to, or a case-insensitive spelling of, a protected folder
-        if place.exists() and any(os.path.samefile(place, p) for p in protected):
-            return f"{value!r} leads into {place.relative_to(top)} (through a link), the project's own files"
+        for name, what in protected.items():
+            if place.exists() and os.path.samefile(place, root / name):
+                return f"{value!r} leads into {name}/ ({what}) through a link; choose a folder of its own"
         if place == top:
             return None
         place = place.parent
