@@ -164,17 +164,16 @@ def _on_disk_problem(value: str, root: Path) -> str | None:
     if target == top or not target.is_relative_to(top):
         return f"{value!r} leads to {target} (through a link), not to a folder inside the project"
     protected = {name: what for name, what in PROTECTED.items() if (root / name).exists()}
-    for name, what in protected.items():
-        if (root / name).resolve().is_relative_to(target):
-            return f"{value!r} leads to {target}, which holds {name}/ ({what}); choose a folder of its own"
     place = target
-    while True:  # samefile: a link to, or a case-insensitive spelling of, a protected folder
+    while place != top:  # samefile: a link to, or a case-insensitive spelling of, a protected folder
         for name, what in protected.items():
             if place.exists() and os.path.samefile(place, root / name):
                 return f"{value!r} leads into {name}/ ({what}) through a link; choose a folder of its own"
-        if place == top:
-            return None
         place = place.parent
+    for name, what in protected.items():
+        if (root / name).resolve().is_relative_to(target):
+            return f"{value!r} leads to {target}, which holds {name}/ ({what}); choose a folder of its own"
+    return None
 
 
 class Split(Strict):
