@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny generated datasets and a tiny params tree whose paths all live in tmp_path.
+"""Shared fixtures: tiny generated datasets and a tiny params tree whose paths are relative, as
+params.yaml's must be: a test that uses it runs in its own tmp_path, the project's folder.
 
 Nothing here downloads or reads the project's data/ directory; every test gets fresh files.
 """
@@ -59,7 +60,10 @@ def blob_table(n: int = 90, seed: int = 0) -> Table:
     )
 
 
-def blob_csv_source(path: str = "blobs.csv") -> dict:
+CSV_DIR = Path("data/csv")  # where a csv source's file must lie, relative to the project's folder
+
+
+def blob_csv_source(path: str = "data/csv/blobs.csv") -> dict:
     """The params `source` that reads blob_table() written as a CSV file at `path`."""
     return {
         "name": "csv",
@@ -85,15 +89,16 @@ def blobs() -> Table:
     return blob_table()
 
 
-def tiny_params_dict(root: Path) -> dict:
-    """A params tree like params.yaml, shrunk: every path under `root`, 2-3 epochs, CPU."""
+def tiny_params_dict() -> dict:
+    """A params tree like params.yaml, shrunk: 2-3 epochs, CPU, paths relative to the folder the
+    test runs in (the line dataset reads data/csv/line.csv there)."""
     return {
         "device": "cpu",
         "seed": 0,
         "determinism": "portable",
         "launcher": "python",
         "paths": {
-            name: str(root / name)
+            name: name
             for name in ("raw", "processed", "models", "metrics", "predictions", "plots", "logs", "reports", "resume")
         },
         "datasets": {
@@ -101,7 +106,7 @@ def tiny_params_dict(root: Path) -> dict:
             "line": {
                 "source": {
                     "name": "csv",
-                    "path": str(root / "line.csv"),
+                    "path": str(CSV_DIR / "line.csv"),
                     "features": ["x"],
                     "target": "y",
                     "task": "regression",
@@ -126,9 +131,11 @@ def tiny_params_dict(root: Path) -> dict:
 
 
 @pytest.fixture
-def params_dict(tmp_path) -> dict:
-    """A fresh, editable copy of the tiny params tree (nothing written yet)."""
-    return copy.deepcopy(tiny_params_dict(tmp_path))
+def params_dict(tmp_path, monkeypatch) -> dict:
+    """A fresh, editable copy of the tiny params tree (nothing written yet), with the test
+    running in tmp_path, where its paths lead."""
+    monkeypatch.chdir(tmp_path)
+    return copy.deepcopy(tiny_params_dict())
 
 
 @pytest.fixture

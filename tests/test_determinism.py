@@ -10,6 +10,7 @@ a level tests fewer of them.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import os
@@ -59,15 +60,16 @@ def supported_levels() -> list[str]:
 def project(tmp_path_factory) -> Path:
     """A tiny project: 60 generated digits and 20 regression rows, one experiment per model kind."""
     root = tmp_path_factory.mktemp("portable")
-    raw = copy.deepcopy(tiny_params_dict(root))
+    raw = copy.deepcopy(tiny_params_dict())
     raw["experiments"] = {
         name: {"dataset": dataset, "model": model, "train": {**train, "lr": 0.01, "batch_size": 16, "epochs": 1}}
         for name, (dataset, model, train) in KINDS.items()
     }
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     params = parse_params(raw)
-    store.save(prepare.prepare(digit_table(), 0.2, 0, "global"), params.paths.processed_dir("digits"))
-    store.save(prepare.prepare(regression_table(), None, 0, "per_feature"), params.paths.processed_dir("line"))
+    with contextlib.chdir(root):
+        store.save(prepare.prepare(digit_table(), 0.2, 0, "global"), params.paths.processed_dir("digits"))
+        store.save(prepare.prepare(regression_table(), None, 0, "per_feature"), params.paths.processed_dir("line"))
     return root
 
 

@@ -68,12 +68,18 @@ def test_the_ranks_split_a_batch_into_contiguous_near_equal_parts(size, start, e
 
 def torchrun(params_file: Path, nproc: int = 2) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node=N stages/train.py digits_mlp` on gloo, as the
-    train stage runs under `launcher: torchrun ...`."""
+    train stage runs under `launcher: torchrun ...`, in the params file's folder (the project)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     env.pop("WORLD_SIZE", None)
-    command = [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}", "stages/train.py", "digits_mlp"]
+    script = str(ROOT / "stages" / "train.py")
+    command = [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}", script, "digits_mlp"]
     return subprocess.run(
-        [*command, "--params", str(params_file)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        [*command, "--params", params_file.name],
+        cwd=params_file.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -81,7 +87,7 @@ def write_params(tmp_path: Path, params_dict: dict, name: str) -> Path:
     """The tiny params with this run's own outputs (the processed data is shared)."""
     tree = json.loads(json.dumps(params_dict))
     for output in ("models", "metrics", "logs", "resume"):
-        tree["paths"][output] = str(tmp_path / name / output)
+        tree["paths"][output] = f"{name}/{output}"
     tree["experiments"]["digits_mlp"]["train"] = TRAIN
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(tree))

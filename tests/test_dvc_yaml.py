@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from torchrepro.core.params import parse_params
+from torchrepro.core.params import CSV_DIR, parse_params
 
 from conftest import ROOT
 
@@ -135,6 +135,14 @@ def test_every_declared_path_comes_from_params_paths():
                 )
                 if field != "deps":
                     assert path.startswith("${paths."), (name, field, path)
+
+
+def test_the_download_stage_depends_on_the_folder_csv_sources_must_lie_in():
+    """A csv source's file must lie in CSV_DIR (sources.py refuses others): DVC sees its edits
+    only because the download stage lists that folder as a dep, and the shipped ones lie there."""
+    assert CSV_DIR in DVC["stages"]["download"]["do"]["deps"]
+    csv_paths = [d["source"]["path"] for d in PARAMS["datasets"].values() if d["source"]["name"] == "csv"]
+    assert csv_paths and all(Path(CSV_DIR) in Path(path).parents for path in csv_paths)
 
 
 def test_no_stage_declares_the_training_logs_and_git_ignores_them():

@@ -304,3 +304,23 @@ def test_a_damaged_or_older_model_json_is_one_error(tiny_params, params_dict, tm
     [line] = outcome.err.splitlines()
     assert line.startswith(f"error: {info_path}: ") and says in line and "dvc repro train@line_linear" in line
     assert snapshot(tmp_path) == before
+
+
+def test_a_failed_metrics_write_puts_the_previous_metrics_back(tiny_params, tmp_path, monkeypatch):
+    """dvclive writes metrics.json in place: a write that fails half-way (a full disk) must not
+    leave half a file, nor a folder without the previous metrics."""
+    from dvclive import Live
+
+    stage.run(tiny_params, "line_linear", progress=False)
+    evaluate.run(tiny_params, "line_linear")
+    folder = tiny_params.paths.evaluate_live_dir("line_linear")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def half_written(live):
+        (folder / "metrics.json").write_text('{"mse": 1')
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Live, "make_summary", half_written)
+    with pytest.raises(OSError):
+        evaluate.run(tiny_params, "line_linear")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

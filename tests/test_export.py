@@ -37,10 +37,17 @@ def _builds(name: str, shape: list[int]) -> bool:
 CASES = [(name, shape) for name in sorted(MODELS) for shape in (IMAGE, TABULAR) if _builds(name, shape)]
 
 
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path, monkeypatch):
+    """Each test's project is its tmp_path, where the params' relative paths lead."""
+    monkeypatch.chdir(tmp_path)
+
+
 def tiny_experiment(root, name: str, shape: list[int]) -> tuple[str, dict]:
-    """params.yaml under root with one experiment, and its checkpoint on random weights."""
+    """params.yaml under root (the working folder) with one experiment, and its checkpoint on
+    random weights."""
     experiment = f"{name}_{'image' if shape == IMAGE else 'tabular'}"
-    raw = tiny_params_dict(root)
+    raw = tiny_params_dict()
     model_cfg = {"name": name, **TINY.get(name, {})}
     raw["experiments"] = {experiment: {"dataset": "digits" if shape == IMAGE else "line", "model": model_cfg}}
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
@@ -123,7 +130,7 @@ def test_falls_back_to_torchscript_and_says_so(tmp_path, capsys, monkeypatch):
 
 
 def test_untrained_experiment_is_an_error(tmp_path, capsys):
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(tmp_path)))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict()))
     with pytest.raises(SystemExit) as exit:
         export.main(["--params", str(tmp_path / "params.yaml"), "--experiment", "line_linear"])
     assert exit.value.code == 2
@@ -154,7 +161,8 @@ def test_a_damaged_model_json_is_one_error_and_nothing_is_written(tmp_path):
     assert info_path.read_text() != text
     before = snapshot(tmp_path)
     outcome = run_entry(export_cli(tmp_path, experiment, "--out", str(tmp_path / "x.pt2")), tmp_path)
-    assert_one_error(outcome, f"{info_path}: its json_sha256 does not match its content: the file is damaged")
+    says = f"{info_path.relative_to(tmp_path)}: its json_sha256 does not match its content: the file is damaged"
+    assert_one_error(outcome, says)
     assert f"dvc repro train@{experiment}" in outcome.err
     assert snapshot(tmp_path) == before
 

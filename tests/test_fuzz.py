@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
+from ruamel.yaml import YAML
 
 from torchrepro import download, evaluate, export, plot, predict, report, validate
 from torchrepro.core.params import parse_params
@@ -63,7 +63,13 @@ def base_params() -> dict:
         "datasets": {
             "digits": {"source": {"name": "mnist-5k"}, "split": {"test_size": 0.2, "seed": 0}, "normalize": "global"},
             "line": {
-                "source": {"name": "csv", "path": "line.csv", "features": ["x"], "target": "y", "task": "regression"},
+                "source": {
+                    "name": "csv",
+                    "path": "data/csv/line.csv",
+                    "features": ["x"],
+                    "target": "y",
+                    "task": "regression",
+                },
                 "split": "none",
                 "normalize": "per_feature",
             },
@@ -98,6 +104,18 @@ def base_params() -> dict:
     }
 
 
+def dump_params(raw: dict) -> str:
+    """params.yaml's text for `raw`, written for a YAML 1.2 reader as DVC and the stages are:
+    a string such as '1e-8' or '010' is quoted (PyYAML, a YAML 1.1 writer, leaves it bare, and
+    it would read back as a number)."""
+    writer = YAML(typ="safe")
+    writer.default_flow_style = False
+    writer.sort_base_mapping_type_on_output = False
+    text = io.StringIO()
+    writer.dump(raw, text)
+    return text.getvalue()
+
+
 def table_csv(table: Table) -> str:
     names = [*table.feature_names, table.target_name]
     rows = [
@@ -128,11 +146,12 @@ def build_project(root: Path) -> Path:
     predictions, plots, report and validate's marker, plus inputs for predict."""
     root.mkdir()
     raw = base_params()
-    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    (root / "params.yaml").write_text(dump_params(raw))
     x = np.arange(10.0)
     line = Table(x=x[:, None], y=2 * x + 1, task="regression", feature_names=["x"], target_name="y")
-    (root / "line.csv").write_text(table_csv(line))
-    (root / "blobs.csv").write_text(table_csv(blob_table()))
+    (root / "data" / "csv").mkdir(parents=True)
+    (root / "data" / "csv" / "line.csv").write_text(table_csv(line))
+    (root / "data" / "csv" / "blobs.csv").write_text(table_csv(blob_table()))
     digits = digit_table()
     (root / "inputs").mkdir()
     (root / "inputs" / "blobs.csv").write_text(table_csv(blob_table(n=6, seed=1)))
@@ -219,9 +238,9 @@ Break = Callable[[Path], None]
 
 def params_edit(edit: Callable[[dict], None]) -> Break:
     def apply(root: Path) -> None:
-        raw = yaml.safe_load((root / "params.yaml").read_text())
+        raw = YAML(typ="safe").load((root / "params.yaml").read_text())
         edit(raw)
-        (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        (root / "params.yaml").write_text(dump_params(raw))
 
     return apply
 
@@ -274,6 +293,20 @@ def make_dir(rel: str) -> Break:
         if path.exists():
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         path.mkdir(parents=True)
+
+    return apply
+
+
+def link(rel: str, target: str) -> Break:
+    """A symbolic link at `rel` to `target` (relative to the link's folder), which is made too."""
+
+    def apply(root: Path) -> None:
+        (root / rel).parent.joinpath(target).parent.mkdir(parents=True, exist_ok=True)
+        if not target.endswith(".csv"):
+            (root / rel).parent.joinpath(target).mkdir(exist_ok=True)
+        else:
+            (root / rel).parent.joinpath(target).write_text("x,y\n1,2\n")
+        (root / rel).symlink_to(target)
 
     return apply
 
@@ -466,13 +499,15 @@ FILE_LEVEL = {
     "alias-bomb": (  # nine levels of nine aliases: 387 million leaves if each alias were expanded
         params_text(
             lambda t: (
-                t
-                + "bomb0: &b0 [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]\n"
+                "bomb0: &b0 [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]\n"
                 + "".join(f"bomb{i}: &b{i} [{', '.join([f'*b{i - 1}'] * 9)}]\n" for i in range(1, 10))
+                + t.replace("    train:\n", "    train:\n      betas: *b9\n", 1)  # expanded by validate
             )
         ),
-        "bomb0: unknown key; allowed: datasets",
+        "its aliases would expand to more than 100,000 values",
     ),
+    "alias-loop": (params_text(lambda t: t + "loop: &loop [*loop]\n"), "an alias repeats a node that holds it"),
+    "a-fifo": (lambda root: (remove("params.yaml")(root), os.mkfifo(root / "params.yaml")), "is a named pipe (FIFO)"),
     "lr-infinite": (setting("experiments.line_linear.train.lr", float("inf")), "train.lr: must be a finite number"),
     "is-a-folder": (make_dir("params.yaml"), "params.yaml: "),
     "not-utf8": (
@@ -503,7 +538,11 @@ VALUES = {
     "device-unknown": ("device", "gpu", "device: unknown device 'gpu'; allowed: auto, cpu"),
     "device-absent-cuda": ("device", "cuda:99", "device: 'cuda:99' requested but"),
     "determinism": ("determinism", "strict", "determinism: Input should be 'portable' or 'host'"),
-    "launcher-empty": ("launcher", "", "launcher: String should match pattern"),
+    "launcher-empty": ("launcher", "", "launcher: must be a command and its arguments"),
+    "launcher-shell": ("launcher", "touch pwned; python", "no shell syntax (; | & $ ` < > quotes) (got 'touch pwned;"),
+    "launcher-substitution": ("launcher", "python $(touch pwned)", "launcher: must be a command and its arguments"),
+    "launcher-quotes": ("launcher", "python 'x'", "launcher: must be a command and its arguments"),
+    "launcher-newline": ("launcher", "python\ntouch pwned", "launcher: must be a command and its arguments"),
     "paths-list": ("paths", ["models"], "paths: Input should be a valid dictionary"),
     "paths-int": ("paths.models", 3, "paths.models: Input should be a valid string"),
     "paths-empty": ("paths.models", "", "paths.models: '' must name a folder of its own"),
@@ -511,6 +550,17 @@ VALUES = {
     "paths-dotdot": ("paths.processed", "../elsewhere", "paths.processed: '../elsewhere' must name a folder"),
     "paths-same": ("paths.processed", "raw", "lies in paths."),
     "paths-nested": ("paths.resume", "models/resume", "paths.resume: 'models/resume' lies in paths.models"),
+    "paths-absolute": ("paths.models", "/tmp/models", "paths.models: '/tmp/models' is absolute"),
+    "paths-into-the-library": ("paths.models", "src/torchrepro", "paths.models: 'src/torchrepro' lies in src/"),
+    "paths-into-stages": ("paths.plots", "stages", "paths.plots: 'stages' lies in stages/ (the stage scripts)"),
+    "paths-into-tests": ("paths.reports", "tests/out", "paths.reports: 'tests/out' lies in tests/"),
+    "paths-into-git": ("paths.logs", ".git/logs", "paths.logs: '.git/logs' lies in .git/"),
+    "paths-into-dvc": ("paths.resume", ".dvc/tmp", "paths.resume: '.dvc/tmp' lies in .dvc/"),
+    "paths-into-csv-sources": ("paths.predictions", "data/csv", "paths.predictions: 'data/csv' lies in data/csv/"),
+    "paths-holding-csv-sources": ("paths.models", "data", "paths.models: 'data' holds data/csv/ (the CSV sources)"),
+    "csv-absolute": ("datasets.line.source.path", "/tmp/line.csv", "source.path: not in data/csv, so DVC would"),
+    "csv-outside-data-csv": ("datasets.line.source.path", "line.csv", "copy the file into data/csv/"),
+    "csv-climbing-out": ("datasets.line.source.path", "data/csv/../../line.csv", "source.path: not in data/csv"),
     "datasets-list": ("datasets", ["line"], "datasets: Input should be a valid dictionary"),
     "datasets-null": ("datasets", None, "datasets: Input should be a valid dictionary"),
     "experiments-string": ("experiments", "all", "experiments: Input should be a valid dictionary"),
@@ -600,6 +650,39 @@ VALUES = {
 }
 for problem, (key, value, says) in VALUES.items():
     case(f"value-{problem}", VALIDATE, setting(key, value), says, subprocess=problem == "gamma-negative")
+
+# Paths that read as harmless but lead elsewhere on disk, and values a stage would act on before
+# validate runs (train deletes folders under paths.models and paths.resume): each stage refuses them.
+OUTSIDE = "../outside"  # a folder beside the project, from the project's folder
+PATHS_ON_DISK = {
+    "paths-link-outside": (
+        TRAIN_LINE,
+        both(link("models-link", OUTSIDE), setting("paths.models", "models-link")),
+        "paths.models: 'models-link' leads to ",
+    ),
+    "paths-link-into-csv-sources": (
+        VALIDATE,
+        both(link("sneaky", "data/csv"), setting("paths.predictions", "sneaky")),
+        "paths.predictions: 'sneaky' leads into data/csv/ (the CSV sources) through a link",
+    ),
+    "paths-resume-absolute": (TRAIN_LINE, setting("paths.resume", "/tmp/resume"), "paths.resume: '/tmp/resume' is"),
+    "paths-models-into-the-library": (TRAIN_LINE, setting("paths.models", "src/torchrepro"), "lies in src/"),
+    "launcher-shell": (TRAIN_LINE, setting("launcher", "touch pwned; python"), "launcher: must be a command"),
+    "csv-absolute": (
+        ["stages/download.py", "line"],
+        setting("datasets.line.source.path", "/tmp/x.csv"),
+        "not in data/csv",
+    ),
+    "csv-link-outside": (
+        ["stages/download.py", "line"],
+        both(
+            link("data/csv/link.csv", "../../../outside.csv"), setting("datasets.line.source.path", "data/csv/link.csv")
+        ),
+        "source.path: leads out of data/csv to ",
+    ),
+}
+for problem, (argv, breaks, says) in PATHS_ON_DISK.items():
+    case(f"disk-{problem}", argv, breaks, says, subprocess=problem == "launcher-shell")
 
 # Names that would become paths outside their folder, or stage names DVC refuses.
 for bad in ("../evil", "a/b", "x y", ".hidden", "-dash"):
@@ -713,9 +796,13 @@ RAW = {
         write("raw/blobs/data.csv", "f0,f1,f2,f3,kind\n" + "".join(f"{i},2,3,4,a\n" for i in range(12))),
         "target 'kind' has one class ('a')",
     ),
-    "source-csv-ragged": (["stages/download.py", "line"], write("line.csv", "x,y\n1,3\n2,5,7\n"), "row 3 has 3"),
-    "source-csv-missing": (["stages/download.py", "line"], remove("line.csv"), "line.csv: CSV file not found"),
-    "source-csv-folder": (["stages/download.py", "blobs"], make_dir("blobs.csv"), "blobs.csv: is a folder"),
+    "source-csv-ragged": (
+        ["stages/download.py", "line"],
+        write("data/csv/line.csv", "x,y\n1,3\n2,5,7\n"),
+        "row 3 has 3",
+    ),
+    "source-csv-missing": (["stages/download.py", "line"], remove("data/csv/line.csv"), "line.csv: CSV file not found"),
+    "source-csv-folder": (["stages/download.py", "blobs"], make_dir("data/csv/blobs.csv"), "blobs.csv: is a folder"),
 }
 for problem, (argv, breaks, says) in RAW.items():
     case(f"raw-{problem}", argv, breaks, says, subprocess=problem == "csv-extra-field")
@@ -901,7 +988,7 @@ STATE = {
         "plots: is a folder",
     ),
     "activations-under-a-file": (
-        ["stages/plot.py", "--activations", "line.csv/act.png"],
+        ["stages/plot.py", "--activations", "data/csv/line.csv/act.png"],
         lambda root: None,
         "line.csv: exists and is not a folder",
     ),
@@ -911,7 +998,7 @@ STATE = {
         "models: is a folder where a file belongs",
     ),
     "export-under-a-file": (
-        ["-m", "torchrepro.export", "--experiment", "line_linear", "--out", "line.csv/x.pt2"],
+        ["-m", "torchrepro.export", "--experiment", "line_linear", "--out", "data/csv/line.csv/x.pt2"],
         lambda root: None,
         "line.csv: exists and is not a folder",
     ),
@@ -1103,7 +1190,7 @@ def test_the_table_covers_every_entry_point_and_every_kind_of_input():
     stages = {f"stages/{p.name}" for p in (ROOT / "stages").glob("*.py")}
     assert stages | {"torchrepro.predict", "torchrepro.export"} <= entry_points
     kinds = {name.split("-")[0] for name in CASES}
-    assert {"params", "value", "name", "raw", "processed", "model", "state", "predict"} <= kinds
+    assert {"params", "value", "disk", "name", "raw", "processed", "model", "state", "predict"} <= kinds
     assert sum(c.subprocess for c in CASES.values()) >= 5
 
 

@@ -49,9 +49,10 @@ print("loaded:" + ",".join(m for m in heavy if m in sys.modules))
 def loaded(tmp_path_factory) -> dict[tuple, set[str]]:
     """Run every stage of a tiny project once, in dependency order, and record its imports."""
     root = tmp_path_factory.mktemp("project")
-    raw = tiny_params_dict(root)
+    raw = tiny_params_dict()
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
-    (root / "line.csv").write_text("x,y\n" + "".join(f"{i},{2 * i + 1}\n" for i in range(10)))
+    (root / "data/csv").mkdir(parents=True)
+    (root / "data/csv/line.csv").write_text("x,y\n" + "".join(f"{i},{2 * i + 1}\n" for i in range(10)))
     results = {}
     for args in STAGES:  # in order: each stage leaves what the next ones read
         script = str(ROOT / "stages" / f"{args[0]}.py")

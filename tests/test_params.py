@@ -1,9 +1,15 @@
+import os
+import re
+import time
+import tracemalloc
+
 import pytest
 import yaml
+from dvc.utils.serialize import YAMLFileCorruptedError, parse_yaml
 from pydantic import ValidationError
 
-from torchrepro.core.errors import ParamsError
-from torchrepro.core.params import Paths, load_params, parse_params
+from torchrepro.core.errors import ParamsError, UserError
+from torchrepro.core.params import Paths, load_params, parse_params, read_yaml
 
 from conftest import ROOT
 
@@ -18,7 +24,7 @@ def params_error(raw: dict) -> str:
 
 
 def test_shipped_params_yaml_validates():
-    params = load_params(ROOT / "params.yaml")
+    params = load_params(ROOT / "params.yaml", root=ROOT)
     assert params.experiments and params.datasets
     for name, exp in params.experiments.items():
         assert exp.dataset in params.datasets, name
@@ -265,3 +271,205 @@ def test_the_settings_dvc_yaml_reads_must_be_written_out(params_dict, key):
     missing one, so no default here may hide it."""
     del params_dict[key]
     assert params_error(params_dict) == f"params.yaml: {key}: Field required"
+
+
+# --- Read as DVC reads it ----------------------------------------------------------------------
+
+# Scalars that YAML 1.1 (PyYAML) and YAML 1.2 (ruamel.yaml, which DVC uses) read differently, or
+# that are easy to misread: the stages must get what dvc.lock records.
+TRICKY = ["010", "0o10", "1_000", "yes", "no", "on", "off", "Yes", "1e3", "1.5e-3", ".inf", "-.inf", "~", "null"]
+TRICKY += ["0x1F", "0b11", "2001-12-14", "2001-12-14T21:59:43Z", "1:20", "+1", "-0", "'010'", "TRUE", "y"]
+
+
+@pytest.mark.parametrize("scalar", TRICKY)
+def test_a_scalar_reads_as_dvc_reads_it(tmp_path, scalar):
+    text = f"value: {scalar}\nlist:\n- {scalar}\n- {scalar}\nnested:\n  a: {scalar}\n"
+    assert read_yaml(tmp_path / "params.yaml", text) == parse_yaml(text, "params.yaml")
+
+
+@pytest.mark.parametrize("scalar", ["=", "<<"])  # YAML 1.1's value and merge keys, as a plain value
+def test_a_scalar_dvc_refuses_is_refused(tmp_path, scalar):
+    text = f"value: {scalar}\n"
+    with pytest.raises(YAMLFileCorruptedError):
+        parse_yaml(text, "params.yaml")
+    with pytest.raises(ParamsError, match=r"params.yaml: not valid YAML at line 1, column 8: could not determine"):
+        read_yaml(tmp_path / "params.yaml", text)
+
+
+def test_a_yaml_1_1_document_reads_as_dvc_reads_it(tmp_path):
+    text = "%YAML 1.1\n---\nvalue: 010\nflag: yes\n"
+    assert read_yaml(tmp_path / "params.yaml", text) == parse_yaml(text, "params.yaml")
+
+
+def test_the_shipped_params_read_as_dvc_reads_them():
+    text = (ROOT / "params.yaml").read_text()
+    assert read_yaml(ROOT / "params.yaml", text) == parse_yaml(text, "params.yaml")
+
+
+def test_epochs_010_trains_the_ten_epochs_dvc_lock_records(tmp_path, params_dict):
+    params_dict["experiments"]["line_linear"]["train"]["epochs"] = 1
+    text = yaml.safe_dump(params_dict).replace("epochs: 1\n", "epochs: 010\n")
+    (tmp_path / "params.yaml").write_text(text)
+    assert load_params(tmp_path / "params.yaml").experiment("line_linear").train.epochs == 10
+    assert parse_yaml(text, "params.yaml")["experiments"]["line_linear"]["train"]["epochs"] == 10
+
+
+def test_a_date_where_a_string_belongs_names_the_key(params_dict, tmp_path):
+    text = yaml.safe_dump(params_dict).replace("device: cpu", "device: 2001-12-14", 1)
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ParamsError, match=r"params.yaml: device: Input should be a valid string"):
+        load_params(tmp_path / "params.yaml")
+
+
+# --- Aliases -------------------------------------------------------------------------------------
+
+
+def laughs(levels: int, width: int = 10) -> str:
+    """A "billion laughs": each level an alias list of the one below, width**levels leaves."""
+    lines = [f"l0: &l0 [{', '.join(['lol'] * width)}]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_billion_laughs_is_refused_before_it_expands(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(laughs(9) + "experiments: {e: {train: {betas: *l9}}}\n")  # 10**10 leaves
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(ParamsError) as info:
+            load_params(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - started < 10  # expanded, it would not finish at all
+    assert peak < 20 * 2**20
+    assert str(info.value).startswith(f"{path}: at line ")
+    assert "its aliases would expand to more than 100,000 values" in str(info.value)
+
+
+def test_aliases_that_expand_to_a_params_file_size_are_read(tmp_path, params_dict):
+    text = laughs(3) + yaml.safe_dump(params_dict)  # 1,000 leaves: an odd file, not a bomb
+    assert read_yaml(tmp_path / "p.yaml", text)["l3"][9][9][9] == ["lol"] * 10
+    shared = "betas: &b [0.9, 0.999]\nmerged: &m {a: 1}\nx: {<<: *m, b: 2}\ny: *b\n"
+    assert read_yaml(tmp_path / "p.yaml", shared) == parse_yaml(shared, "p.yaml")
+
+
+def test_an_alias_to_its_own_node_is_refused(tmp_path):
+    with pytest.raises(ParamsError, match=r"p.yaml: at line 1, column 7: an alias repeats a node that holds it"):
+        read_yaml(tmp_path / "p.yaml", "loop: &l [1, [*l]]\n")
+
+
+# --- The params file itself ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "device"])
+def test_the_params_file_must_be_a_regular_file(tmp_path, kind):
+    path = tmp_path / "params.yaml"
+    if kind == "fifo":
+        os.mkfifo(path)  # reading it would wait for a writer forever
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        path = "/dev/zero"  # reading it would never end
+    what = {"fifo": "a named pipe (FIFO)", "folder": "a folder", "device": "a character device"}[kind]
+    with pytest.raises(UserError, match=re.escape(f"{path}: is {what}, not a params file; pass a YAML file with")):
+        load_params(path)
+
+
+# --- The launcher: a command, not shell ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "launcher",
+    ["python", "python3.11", "torchrun --standalone --nproc_per_node=2", "torchrun --nproc-per-node 2", "srun python"],
+)
+def test_a_launcher_of_plain_words_is_accepted(params_dict, launcher):
+    params_dict["launcher"] = launcher
+    assert parse_params(params_dict).launcher == launcher
+
+
+@pytest.mark.parametrize(
+    "launcher",
+    ["touch pwned; python", "python && x", "python | tee", "python $HOME", "python `x`", "python $(x)", "python > f"]
+    + ["python 'a b'", 'python "a"', "python\nx", "python\tx", " python", "python ", "", "python #x", "py*"],
+)
+def test_a_launcher_with_shell_syntax_is_refused(params_dict, launcher):
+    params_dict["launcher"] = launcher
+    message = params_error(params_dict)
+    assert message.startswith("params.yaml: launcher: must be a command and its arguments: words of letters")
+    assert f"(got {launcher!r})" in message
+
+
+# --- Paths stay in the project and out of its own folders ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value, says",
+    [
+        ("/some/dir", "'/some/dir' is absolute; give a path relative to the project's folder"),
+        ("src/torchrepro", "'src/torchrepro' lies in src/ (the library)"),
+        ("src", "'src' lies in src/ (the library)"),
+        ("./stages/out", "'./stages/out' lies in stages/ (the stage scripts)"),
+        ("tests", "'tests' lies in tests/ (the tests)"),
+        (".git/x", "'.git/x' lies in .git/ (git's repository)"),
+        (".dvc", "'.dvc' lies in .dvc/ (DVC's cache and settings)"),
+        ("data/csv/out", "'data/csv/out' lies in data/csv/ (the CSV sources)"),
+        ("data", "'data' holds data/csv/ (the CSV sources)"),
+        ("out/../..", "must name a folder of its own"),
+    ],
+)
+@pytest.mark.parametrize("key", ["models", "resume"])
+def test_a_path_outside_the_project_or_into_its_own_folders_is_refused(params_dict, key, value, says):
+    params_dict["paths"][key] = value
+    assert params_error(params_dict).startswith(f"params.yaml: paths.{key}: ")
+    assert says in params_error(params_dict)
+
+
+@pytest.mark.parametrize("value", ["data/models", "out/models", "models2", "srcs", ".resume"])
+def test_a_path_of_its_own_is_accepted(params_dict, value):
+    params_dict["paths"]["models"] = value
+    assert parse_params(params_dict).paths.models == value
+
+
+def project_with_link(tmp_path, params_dict, target) -> tuple:
+    """tmp_path as a project with src/ and data/csv/, and paths.models a link to `target`."""
+    (tmp_path / "src" / "torchrepro").mkdir(parents=True)
+    (tmp_path / "data" / "csv").mkdir(parents=True)
+    (tmp_path / "models-link").symlink_to(target)
+    params_dict["paths"]["models"] = "models-link"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict))
+    return tmp_path / "params.yaml"
+
+
+@pytest.mark.parametrize(
+    "target, says",
+    [
+        ("..", "'models-link' leads to "),
+        (".", "'models-link' leads to "),
+        ("src/torchrepro", "'models-link' leads into src/ (the library) through a link"),
+        ("data", "which holds data/csv/ (the CSV sources)"),
+    ],
+)
+def test_a_path_that_leads_out_through_a_link_is_refused(tmp_path, params_dict, target, says):
+    path = project_with_link(tmp_path, params_dict, target)
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    assert str(info.value).startswith(f"{path}: paths.models: ") and says in str(info.value), str(info.value)
+
+
+def test_a_link_inside_the_project_is_accepted(tmp_path, params_dict):
+    (tmp_path / "data" / "models").mkdir(parents=True)
+    assert load_params(project_with_link(tmp_path, params_dict, "data/models")).paths.models == "models-link"
+
+
+def test_paths_are_checked_in_the_given_project_folder(tmp_path, params_dict):
+    """`root` is where the stages run: a link there is followed, wherever the params file is."""
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "models-link").symlink_to("src")
+    params_dict["paths"]["models"] = "models-link"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict))
+    assert load_params(tmp_path / "params.yaml").paths.models == "models-link"  # no link in tmp_path
+    with pytest.raises(ParamsError, match="leads into src/"):
+        load_params(tmp_path / "params.yaml", root=project)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
@@ -42,7 +43,7 @@ def project(tmp_path_factory):
     """A params.yaml in tmp with three trained experiments (real mnist-5k digits, tabular
     blobs, the line regression) and one, digits_mlp, that is defined but not trained."""
     root = tmp_path_factory.mktemp("project")
-    raw = tiny_params_dict(root)
+    raw = tiny_params_dict()
     raw["datasets"]["blobs"] = {"source": blob_csv_source()}
     raw["experiments"] |= {
         "digits_twolayernet": {
@@ -60,12 +61,19 @@ def project(tmp_path_factory):
     keep = np.concatenate([np.flatnonzero(labels == k)[:30] for k in range(10)])
     digits = image_table(images[keep].reshape(-1, 28, 28).astype(np.uint8), labels[keep].astype(np.int64), root)
     line = Table(x=np.arange(10.0)[:, None], y=LINE_Y, task="regression", feature_names=["x"], target_name="y")
-    for name, table, test_size in [("digits", digits, 0.2), ("blobs", blob_table(), 0.3), ("line", line, None)]:
-        method = "global" if table.kind == "image" else "per_feature"
-        store.save(prepare.prepare(table, test_size, 0, method), params.paths.processed_dir(name))
-    for name in ("digits_twolayernet", "blobs_mlp", "line_linear"):
-        stage.run(params, name, progress=False)
+    with contextlib.chdir(root):
+        for name, table, test_size in [("digits", digits, 0.2), ("blobs", blob_table(), 0.3), ("line", line, None)]:
+            method = "global" if table.kind == "image" else "per_feature"
+            store.save(prepare.prepare(table, test_size, 0, method), params.paths.processed_dir(name))
+        for name in ("digits_twolayernet", "blobs_mlp", "line_linear"):
+            stage.run(params, name, progress=False)
     return root, params
+
+
+@pytest.fixture(autouse=True)
+def in_project(project, monkeypatch):
+    """Each test runs in the project's folder, where its params' relative paths lead."""
+    monkeypatch.chdir(project[0])
 
 
 def mnist_5k() -> tuple[np.ndarray, np.ndarray]:

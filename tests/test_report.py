@@ -99,10 +99,10 @@ def test_stage_script(evaluated, params_dict, tmp_path):
     """stages/report.py as dvc runs it, with --params."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_dict))
     done = subprocess.run(
-        [sys.executable, "stages/report.py", "--params", str(tmp_path / "params.yaml")],
+        [sys.executable, str(ROOT / "stages/report.py"), "--params", "params.yaml"],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=tmp_path,  # the project's folder: its paths lead there
     )
     assert done.returncode == 0, done.stderr
     assert {p.name for p in (tmp_path / "reports").iterdir()} == REPORT_FILES

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -137,7 +139,7 @@ def test_unknown_source_name_lists_the_sources():
 
 
 def test_unknown_source_option():
-    source = Source(name="csv", path="a.csv", features=["x"], target="y", task="regression", sep=";")
+    source = Source(name="csv", path="data/csv/a.csv", features=["x"], target="y", task="regression", sep=";")
     with pytest.raises(
         ParamsError,
         match=r"^datasets\.d\.source\.sep: unknown option for source 'csv'; allowed: features, path, target, task$",
@@ -151,16 +153,27 @@ def test_unknown_source_option():
 
 def test_bad_source_option_values():
     with pytest.raises(ParamsError, match=r"^datasets\.d\.source\.task: .*got 'clustering'"):
-        datasets.resolve_source("d", Source(name="csv", path="a.csv", features=["x"], target="y", task="clustering"))
+        datasets.resolve_source(
+            "d", Source(name="csv", path="data/csv/a.csv", features=["x"], target="y", task="clustering")
+        )
     with pytest.raises(ParamsError, match=r"^datasets\.d\.source\.features: "):
-        datasets.resolve_source("d", Source(name="csv", path="a.csv", features="x", target="y", task="regression"))
+        datasets.resolve_source(
+            "d", Source(name="csv", path="data/csv/a.csv", features="x", target="y", task="regression")
+        )
     with pytest.raises(ParamsError, match=r"^datasets\.d\.source\.path: Field required"):
         datasets.resolve_source("d", Source(name="csv", features=["x"], target="y", task="regression"))
 
 
-def test_csv_source_fetch_copies_and_load_reads(tmp_path):
-    original = write_csv(tmp_path, "x,y\n0,1\n1,3\n", name="line.csv")
-    source = Source(name="csv", path=str(original), features=["x"], target="y", task="regression")
+def in_project(tmp_path, monkeypatch) -> Path:
+    """Run in tmp_path, the project's folder, and return its data/csv folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "csv").mkdir(parents=True)
+    return tmp_path / "data" / "csv"
+
+
+def test_csv_source_fetch_copies_and_load_reads(tmp_path, monkeypatch):
+    original = write_csv(in_project(tmp_path, monkeypatch), "x,y\n0,1\n1,3\n", name="line.csv")
+    source = Source(name="csv", path="data/csv/line.csv", features=["x"], target="y", task="regression")
     raw_dir = tmp_path / "raw" / "line"
     datasets.fetch("line", source, raw_dir)
     assert (raw_dir / "data.csv").read_bytes() == original.read_bytes()
@@ -169,9 +182,9 @@ def test_csv_source_fetch_copies_and_load_reads(tmp_path):
     np.testing.assert_array_equal(table.y, [1.0, 3.0])
 
 
-def test_failed_fetch_leaves_nothing_behind(tmp_path):
-    bad = write_csv(tmp_path, "x,y\n1,oops\n", name="bad.csv")
-    source = Source(name="csv", path=str(bad), features=["x"], target="y", task="regression")
+def test_failed_fetch_leaves_nothing_behind(tmp_path, monkeypatch):
+    write_csv(in_project(tmp_path, monkeypatch), "x,y\n1,oops\n", name="bad.csv")
+    source = Source(name="csv", path="data/csv/bad.csv", features=["x"], target="y", task="regression")
     with pytest.raises(DataError, match="not a number"):
         datasets.fetch("bad", source, tmp_path / "raw" / "bad")
     assert not (tmp_path / "raw" / "bad").exists()
@@ -179,9 +192,44 @@ def test_failed_fetch_leaves_nothing_behind(tmp_path):
 
 
 def test_download_stage_function_uses_params_paths(tmp_path, params_dict):
-    (tmp_path / "line.csv").write_text("x,y\n0,1\n1,2\n")
+    (tmp_path / "data" / "csv").mkdir(parents=True)
+    (tmp_path / "data" / "csv" / "line.csv").write_text("x,y\n0,1\n1,2\n")
     datasets.run(parse_params(params_dict), "line")
     assert (tmp_path / "raw" / "line" / "data.csv").is_file()
+
+
+@pytest.mark.parametrize(
+    "path, says",
+    [
+        ("/elsewhere/line.csv", "not in data/csv, so DVC would not see its edits"),
+        ("line.csv", "not in data/csv"),
+        ("data/line.csv", "not in data/csv"),
+        ("data/csvx/line.csv", "not in data/csv"),
+        ("data/csv/../../line.csv", "not in data/csv"),
+        ("data/csv/link.csv", "leads out of data/csv to "),
+    ],
+)
+def test_a_csv_source_must_lie_in_the_folder_dvc_tracks(tmp_path, monkeypatch, path, says):
+    """The download stage depends on data/csv: a file anywhere else could change unseen by DVC."""
+    folder = in_project(tmp_path, monkeypatch)
+    write_csv(tmp_path, "x,y\n0,1\n", name="line.csv")
+    (folder / "link.csv").symlink_to(tmp_path / "line.csv")
+    source = Source(name="csv", path=path, features=["x"], target="y", task="regression")
+    with pytest.raises(ParamsError) as info:
+        datasets.fetch("line", source, tmp_path / "raw" / "line")
+    message = str(info.value)
+    assert message.startswith("datasets.line.source.path: ") and says in message, message
+    assert "copy the file into data/csv/" in message and f"(got {path!r})" in message
+    assert not (tmp_path / "raw").exists()
+
+
+def test_a_link_inside_data_csv_is_followed(tmp_path, monkeypatch):
+    folder = in_project(tmp_path, monkeypatch)
+    write_csv(folder, "x,y\n0,1\n1,3\n", name="line.csv")
+    (folder / "also.csv").symlink_to("line.csv")
+    source = Source(name="csv", path="data/csv/also.csv", features=["x"], target="y", task="regression")
+    datasets.fetch("line", source, tmp_path / "raw" / "line")
+    assert (tmp_path / "raw" / "line" / "data.csv").read_text() == "x,y\n0,1\n1,3\n"
 
 
 def test_iris_source_fetch_and_load(tmp_path):

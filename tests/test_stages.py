@@ -106,12 +106,12 @@ def runs(tmp_path_factory):
         procs[f"help-{stage}"] = start([str(ROOT / "stages" / f"{stage}.py"), "--help"], ROOT)
     for name, case in CASES.items():
         root = tmp_path_factory.mktemp(name)
-        raw = copy.deepcopy(tiny_params_dict(root))
+        raw = copy.deepcopy(tiny_params_dict())
         case.edit(raw)
         (root / "params.yaml").write_text(yaml.safe_dump(raw))
         if case.with_data:
             prepared = prepare.prepare(digit_table(), 0.2, 0, "global")
-            store.save(prepared, Path(raw["paths"]["processed"]) / "digits")
+            store.save(prepared, root / raw["paths"]["processed"] / "digits")
         before = sorted(p.name for p in root.iterdir())
         script = str(ROOT / "stages" / f"{case.stage}.py")
         procs[name] = (start([script, *case.args, "--params", "params.yaml"], root), root, before)

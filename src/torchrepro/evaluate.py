@@ -14,7 +14,7 @@ import torch
 from torchrepro.core import determinism
 from torchrepro.core.devices import resolve_device
 from torchrepro.core.io import write_text
-from torchrepro.core.live import open_live
+from torchrepro.core.live import open_live, restored_on_failure
 from torchrepro.core.params import Params
 from torchrepro.models.checkpoint import load_model
 from torchrepro.models.inference import loss_fn, predict
@@ -180,7 +180,9 @@ def run(params: Params, experiment: str) -> dict[str, Any]:
 
 def log_summary(directory, metrics: dict[str, Any]) -> None:
     """The metrics as dvclive's summary, metrics.json. Set as a whole, not metric by metric:
-    dvclive splits names at slashes, and class names such as "T-shirt/top" have them."""
-    live = open_live(directory)
-    live.summary.update(metrics)
-    live.make_summary()
+    dvclive splits names at slashes, and class names such as "T-shirt/top" have them.
+    dvclive writes in place: a write that fails (a full disk) puts the previous files back."""
+    with restored_on_failure(directory):
+        live = open_live(directory)
+        live.summary.update(metrics)
+        live.make_summary()

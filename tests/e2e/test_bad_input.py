@@ -79,6 +79,10 @@ def undefined_dataset(params: dict) -> None:
     params["experiments"]["iris_mlp"]["dataset"] = "fashion-mnist"
 
 
+def shell_launcher(params: dict) -> None:
+    params["launcher"] = "touch pwned; python"  # DVC runs `${launcher} stages/train.py ...` in a shell
+
+
 @pytest.mark.parametrize(
     "edit, key, says",
     [
@@ -88,8 +92,17 @@ def undefined_dataset(params: dict) -> None:
         (top_level_typo, "devise", "unknown key"),
         (optimizer_option, "experiments.iris_mlp.train.momentum", "optimizer Adam's options"),
         (undefined_dataset, "experiments.iris_mlp.dataset", "unknown dataset 'fashion-mnist'"),
+        (shell_launcher, "launcher", "no shell syntax"),
     ],
-    ids=["typo-key", "unknown-model", "zero-epochs", "top-level-typo", "optimizer-option", "undefined-dataset"],
+    ids=[
+        "typo-key",
+        "unknown-model",
+        "zero-epochs",
+        "top-level-typo",
+        "optimizer-option",
+        "undefined-dataset",
+        "shell-launcher",
+    ],
 )
 def test_bad_param_stops_at_validate_with_the_key_and_loses_nothing(workspace, reproduced, edit, key, says):
     params = workspace.params()
@@ -105,6 +118,7 @@ def test_bad_param_stops_at_validate_with_the_key_and_loses_nothing(workspace, r
     # No stage ran, so DVC removed no outputs: everything is as it was, with nothing to restore.
     for rel in OUTPUTS:
         assert workspace.digest(rel) == reproduced.digest(rel), rel
+    assert not (workspace / "pwned").exists()
 
 
 def test_invalid_yaml_fails_before_any_stage_runs(workspace, reproduced):

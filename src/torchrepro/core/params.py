@@ -10,15 +10,19 @@ the options of models, optimizers and schedulers are checked against torch itsel
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from ruamel.yaml import YAML, YAMLError
+from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
 
 from torchrepro.core.errors import ParamsError
+from torchrepro.core.io import require_regular_file
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 # Dataset and experiment names become file and folder names (models/<experiment>) and DVC stage
@@ -27,6 +31,25 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 NAME_RULE = "letters, digits, - and _, starting with a letter or digit"
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
 Seed = Annotated[int, Field(ge=0, lt=2**32)]  # numpy and scikit-learn take 32-bit seeds
+# The launcher is substituted into the train stage's shell command: plain words only, so that it
+# stays a command with its arguments (python, torchrun --nproc-per-node 2, srun python).
+LAUNCHER_WORD = r"[A-Za-z0-9_./:=+,@%-]+"
+LAUNCHER_PATTERN = re.compile(rf"^{LAUNCHER_WORD}( +{LAUNCHER_WORD})*$")
+LAUNCHER_RULE = (
+    "a command and its arguments: words of letters, digits and - _ . / : = + , @ % separated by spaces, "
+    "e.g. python or torchrun --nproc-per-node 2; no shell syntax (; | & $ ` < > quotes)"
+)
+# The project's own files, relative to its root: code, tests, what git and DVC keep, and the CSV
+# sources. No `paths:` root may lie in one (a stage would replace or delete files there) or hold one.
+CSV_DIR = "data/csv"  # the download stage's dep in dvc.yaml: a CSV source elsewhere is not tracked
+PROTECTED = {
+    "src": "the library",
+    "stages": "the stage scripts",
+    "tests": "the tests",
+    ".git": "git's repository",
+    ".dvc": "DVC's cache and settings",
+    CSV_DIR: "the CSV sources",
+}
 
 
 class Strict(BaseModel):
@@ -75,6 +98,8 @@ class Paths(Strict):
         for key, root in roots.items():
             if Path(root) == Path(".") or ".." in Path(root).parts:
                 raise ParamsError(f"paths.{key}: {root!r} must name a folder of its own (not '.', '' or one with '..')")
+            if (problem := project_path_problem(root)) is not None:
+                raise ParamsError(f"paths.{key}: {problem}")
         for key, root in roots.items():
             for other, other_root in roots.items():
                 if key != other and Path(root) in (Path(other_root), *Path(other_root).parents):
@@ -111,6 +136,44 @@ class Paths(Strict):
 
     def resume_dir(self, experiment: str) -> Path:
         return Path(self.resume) / experiment
+
+
+def project_path_problem(value: str, root: Path | None = None) -> str | None:
+    """Why `value` cannot be a path of the project's (None if it can): it must be relative, stay
+    inside the project, and neither lie in nor hold one of its own folders (PROTECTED). With
+    `root` (the project's folder) it is also followed on disk: links included, it must lead to
+    a place inside `root` and outside those folders."""
+    path = Path(value)
+    if path.is_absolute() or path.drive:
+        return f"{value!r} is absolute; give a path relative to the project's folder"
+    if ".." in path.parts:
+        return f"{value!r} climbs out of its folder with '..'; give a path inside the project"
+    for name, what in PROTECTED.items():
+        protected = Path(name)
+        if protected in (path, *path.parents):
+            return f"{value!r} lies in {name}/ ({what}); choose a folder of its own"
+        if path in protected.parents:
+            return f"{value!r} holds {name}/ ({what}); choose a folder of its own"
+    return None if root is None else _on_disk_problem(value, root)
+
+
+def _on_disk_problem(value: str, root: Path) -> str | None:
+    """The on-disk half of project_path_problem: where `value` leads once links are followed."""
+    top = root.resolve()
+    target = (root / value).resolve()
+    if target == top or not target.is_relative_to(top):
+        return f"{value!r} leads to {target} (through a link), not to a folder inside the project"
+    protected = {name: what for name, what in PROTECTED.items() if (root / name).exists()}
+    place = target
+    while place != top:  # samefile: a link to, or a case-insensitive spelling of, a protected folder
+        for name, what in protected.items():
+            if place.exists() and os.path.samefile(place, root / name):
+                return f"{value!r} leads into {name}/ ({what}) through a link; choose a folder of its own"
+        place = place.parent
+    for name, what in protected.items():
+        if (root / name).resolve().is_relative_to(target):
+            return f"{value!r} leads to {target}, which holds {name}/ ({what}); choose a folder of its own"
+    return None
 
 
 class Split(Strict):
@@ -176,12 +239,19 @@ class Params(Strict):
     # portable: the same bytes on every x86-64 CPU with AVX2 or AVX-512 and any core count;
     # host: torch's fastest defaults for this machine (see torchrepro.core.determinism).
     determinism: Literal["portable", "host"]
-    launcher: Annotated[str, Field(pattern=r"^[^\n]*\S[^\n]*$")]  # the train command's prefix
+    launcher: str  # the train command's prefix
     paths: Paths = Paths()
     datasets: dict[str, Dataset]
     experiments: dict[str, Experiment]
 
     _device = field_validator("device")(classmethod(lambda cls, v: _check_device(v)))
+
+    @field_validator("launcher")
+    @classmethod
+    def _plain_words(cls, value: str) -> str:
+        if not LAUNCHER_PATTERN.match(value):
+            raise ValueError(f"must be {LAUNCHER_RULE}")
+        return value
 
     @model_validator(mode="after")
     def _names_are_file_names(self) -> Params:
@@ -302,39 +372,89 @@ def parse_params(raw: Any, origin: str = "params.yaml") -> Params:
         raise ParamsError(line) from None
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of duplicate keys without a word; DVC rejects the file. So do we."""
+# A params file is a few hundred values; aliases (`*name`) may repeat a node, but every reader
+# that walks the tree (pydantic, json.dumps of the options) pays for each repetition.
+MAX_EXPANDED_NODES = 100_000
 
-    def construct_mapping(self, node, deep=False):
-        seen: set = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
+
+def _expanded_size(node: Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """How many nodes the tree under `node` holds once every alias is expanded, memoized over
+    the node graph (a file of nested aliases costs its size); past MAX_EXPANDED_NODES, or on a
+    node that contains itself, stops with the node that tells where."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_nodes:
+        raise _Expansion(node, "an alias repeats a node that holds it, an endless tree; write the value out")
+    open_nodes.add(id(node))
+    children: list = []
+    if isinstance(node, MappingNode):
+        children = [child for pair in node.value for child in pair]
+    elif isinstance(node, SequenceNode):
+        children = node.value
+    size = 1
+    for child in children:
+        size += _expanded_size(child, sizes, open_nodes)
+        if size > MAX_EXPANDED_NODES:
+            raise _Expansion(
+                node,
+                f"its aliases would expand to more than {MAX_EXPANDED_NODES:,} values, where a params file "
+                "holds a few hundred; write the values out or nest fewer aliases",
+            )
+    open_nodes.discard(id(node))
+    sizes[id(node)] = size
+    return size
+
+
+class _Expansion(Exception):
+    def __init__(self, node: Node, problem: str):
+        super().__init__(problem)
+        self.node, self.problem = node, problem
 
 
 def read_yaml(path: Path, text: str) -> Any:
-    """Parse YAML strictly (duplicate keys are errors); errors give the line and column."""
+    """Parse YAML as DVC does (dvc/utils/serialize/_yaml.py: ruamel.yaml, typ="safe", YAML 1.2:
+    `010` is 10, `yes` a string), so a stage trains on the values dvc.lock records. Duplicate
+    keys are errors, as in DVC; aliases are bounded before anything expands them. Errors give
+    the line and column."""
+    yaml = YAML(typ="safe")
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
+        node = yaml.compose(text)
+        if node is None:  # empty, or only comments
+            return None
+        _expanded_size(node, {}, set())
+        return yaml.constructor.construct_document(node)
     except RecursionError:
         raise ParamsError(f"{path}: nested too deeply to be a params file") from None
-    except yaml.YAMLError as error:
+    except _Expansion as error:
+        mark = error.node.start_mark
+        raise ParamsError(f"{path}: at line {mark.line + 1}, column {mark.column + 1}: {error.problem}") from None
+    except YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or "invalid YAML"
+        problem = getattr(error, "problem", None) or str(error).partition("\n")[0] or "invalid YAML"
+        if isinstance(error, DuplicateKeyError) and (key := _DUPLICATE.match(problem)):
+            problem = f"duplicate key {key[1]!r}"
         raise ParamsError(f"{path}: not valid YAML{where}: {problem}") from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml."""
+_DUPLICATE = re.compile(r'found duplicate key "(.*?)" with value ', re.DOTALL)
+
+
+def load_params(path: str | Path = "params.yaml", root: str | Path | None = None) -> Params:
+    """Read and validate params.yaml. `root` is the project's folder, where the stages run and
+    the `paths:` lead (DVC runs each stage in the folder of dvc.yaml and params.yaml); the
+    working folder by default. Each of `paths:` is checked there on disk, links followed."""
     path = Path(path)
+    require_regular_file(path, "a params file", "pass a YAML file with --params")
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found; run from the project root or pass --params") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ParamsError(f"{path}: cannot read ({error})") from None
-    return parse_params(read_yaml(path, text), str(path))
+    params = parse_params(read_yaml(path, text), str(path))
+    root = Path.cwd() if root is None else Path(root)
+    for key, value in params.paths.model_dump().items():
+        if (problem := project_path_problem(value, root)) is not None:
+            raise ParamsError(f"{path}: paths.{key}: {problem}")
+    return params

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from torchrepro.core.errors import DataError, ParamsError
+from torchrepro.core.params import CSV_DIR
 
 if TYPE_CHECKING:  # annotations only: pandas is imported where a CSV is read
     import pandas as pd
@@ -225,6 +227,20 @@ class CsvOptions(Options):
     features: Annotated[list[str], Field(min_length=1)]
     target: str
     task: Task
+
+    @field_validator("path")
+    @classmethod
+    def _tracked_by_dvc(cls, value: str) -> str:
+        # The download stage depends on CSV_DIR (dvc.yaml): a file anywhere else, or a link out of
+        # it, could change without DVC seeing it, and the old rows would stay.
+        fix = f"copy the file into {CSV_DIR}/, the folder DVC tracks for the download stage, and point path at it"
+        path, folder = Path(value), Path(CSV_DIR)
+        if path.is_absolute() or ".." in path.parts or folder not in path.parents:
+            raise PydanticCustomError("csv_path", f"not in {CSV_DIR}, so DVC would not see its edits; {fix}")
+        target = path.resolve()  # the stages run in the project's folder
+        if not target.is_relative_to(folder.resolve()):
+            raise PydanticCustomError("csv_path", f"leads out of {CSV_DIR} to {target} (through a link); {fix}")
+        return value
 
     @model_validator(mode="after")
     def _distinct_columns(self) -> CsvOptions:
