@@ -33,7 +33,8 @@ BIN = Path(sys.executable).parent
 
 
 def scratch_params(work: Path, recipes: list[str], epochs: int, device: str) -> Path:
-    """params.yaml's own recipes and mnist-5k datasets, every path under `work`."""
+    """params.yaml's own recipes and mnist-5k datasets; the stages run in `work`, so the
+    shipped relative paths land there."""
     shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
     experiments = {}
     for name in recipes:
@@ -44,7 +45,7 @@ def scratch_params(work: Path, recipes: list[str], epochs: int, device: str) -> 
     params = {
         **{k: shipped[k] for k in ("seed", "determinism", "launcher")},
         "device": device,
-        "paths": {k: str(work / k) for k in shipped["paths"]},
+        "paths": shipped["paths"],
         "datasets": datasets,
         "experiments": experiments,
     }
@@ -55,7 +56,7 @@ def scratch_params(work: Path, recipes: list[str], epochs: int, device: str) -> 
 
 def run_stage(command: list[str], params: Path) -> None:
     result = subprocess.run(
-        [*command, "--params", str(params)], cwd=ROOT, env=env(ROOT), capture_output=True, text=True
+        [*command, "--params", str(params)], cwd=params.parent, env=env(ROOT), capture_output=True, text=True
     )
     if result.returncode != 0:
         sys.exit(f"error: `{' '.join(command)}` failed:\n{result.stderr[-3000:]}")
@@ -69,7 +70,7 @@ def train(recipe: str, nproc: int, params: Path, work: Path) -> list[float]:
         launcher = [str(BIN / "python")]
     else:
         launcher = [str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={nproc}"]
-    run_stage([*launcher, "stages/train.py", recipe], params)
+    run_stage([*launcher, str(ROOT / "stages/train.py"), recipe], params)
     log = json.loads((work / "logs" / f"{recipe}.json").read_text())
     assert log.get("world_size", 1) == nproc, log
     return log["seconds_per_epoch"]
@@ -88,8 +89,8 @@ def main() -> None:
         params = scratch_params(work, args.recipes, args.epochs, args.device)
         shipped = yaml.safe_load(params.read_text())
         for dataset in shipped["datasets"]:
-            run_stage([str(BIN / "python"), "stages/download.py", dataset], params)
-            run_stage([str(BIN / "python"), "stages/normalize.py", dataset], params)
+            run_stage([str(BIN / "python"), str(ROOT / "stages/download.py"), dataset], params)
+            run_stage([str(BIN / "python"), str(ROOT / "stages/normalize.py"), dataset], params)
         print(f"# {time.strftime('%Y-%m-%d')} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
         print(f"# device {args.device}, determinism {shipped['determinism']}, {args.epochs} epochs, mnist-5k")
         print(f"{'recipe':<12} {'processes':>9} {'s/epoch':>9} {'speed-up':>9}")

@@ -415,6 +415,7 @@ def test_a_launcher_with_shell_syntax_is_refused(params_dict, launcher):
         (".git/x", "'.git/x' lies in .git/ (git's repository)"),
         (".dvc", "'.dvc' lies in .dvc/ (DVC's cache and settings)"),
         ("data/csv/out", "'data/csv/out' lies in data/csv/ (the CSV sources)"),
+        ("data/images/out", "'data/images/out' lies in data/images/ (the image folders)"),
         ("data", "'data' holds data/csv/ (the CSV sources)"),
         ("out/../..", "must name a folder of its own"),
     ],

@@ -40,7 +40,7 @@ LAUNCHER_RULE = (
     "e.g. python or torchrun --nproc-per-node 2; no shell syntax (; | & $ ` < > quotes)"
 )
 # The project's own files, relative to its root: code, tests, what git and DVC keep, and the CSV
-# sources. No `paths:` root may lie in one (a stage would replace or delete files there) or hold one.
+# sources and image folders. No `paths:` root may lie in one (a stage would replace or delete files there) or hold one.
 CSV_DIR = "data/csv"  # the download stage's dep in dvc.yaml: a CSV source elsewhere is not tracked
 PROTECTED = {
     "src": "the library",
@@ -49,6 +49,7 @@ PROTECTED = {
     ".git": "git's repository",
     ".dvc": "DVC's cache and settings",
     CSV_DIR: "the CSV sources",
+    "data/images": "the image folders",
 }
 
 
