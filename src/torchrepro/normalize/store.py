@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from torchrepro.core.errors import DataError
+from torchrepro.core.errors import DataError, first_error
 from torchrepro.core.io import atomic_dir, file_digest, read_json, write_json
 
 SPLITS = ("train.npz", "test.npz")
@@ -78,10 +78,8 @@ def check_description(raw: Any, path: Path, schema: type[Description], hint: str
     try:
         schema.model_validate(raw)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(map(str, first["loc"]))
-        message = first["msg"].removeprefix("Value error, ")
-        raise DataError(f"{path}: {where + ': ' if where else ''}{message}; {hint}") from None
+        first = first_error(error)
+        raise DataError(f"{path}: {first.where + ': ' if first.where else ''}{first.message}; {hint}") from None
     return raw
 
 

@@ -17,7 +17,8 @@ import torch
 
 from torchrepro.core import determinism
 from torchrepro.core.devices import describe, resolve_device
-from torchrepro.core.io import file_digest, write_json
+from torchrepro.core.errors import warn
+from torchrepro.core.io import file_digest, rounded, write_json
 from torchrepro.core.live import open_live, restored_on_failure
 from torchrepro.core.params import Params
 from torchrepro.models.checkpoint import save_model
@@ -50,7 +51,7 @@ def log_epoch(live, row: dict[str, float]) -> None:
     for name, value in row.items():
         if name != "epoch":
             split, _, metric = name.partition("_")
-            live.log_metric(f"{split}/{metric}", float(f"{value:.6g}"))  # 6 digits: diffs show change, not noise
+            live.log_metric(f"{split}/{metric}", rounded(value))  # 6 digits: diffs show change, not noise
     live.next_step()
 
 
@@ -82,7 +83,7 @@ def _train(params: Params, experiment: str, device, settings: dict, world: World
     model.to(device)
     optimizer = make_optimizer(model.parameters(), exp.train, device, key=f"{key}.train")
     if params.determinism == "portable" and device.type == "cpu" and (why := host_dependent(optimizer)):
-        determinism.warn(f"{why}; results may differ between Intel and AMD CPUs")
+        warn(f"determinism: portable: {why}; results may differ between Intel and AMD CPUs")
     trainer = Trainer(
         model,
         optimizer,
