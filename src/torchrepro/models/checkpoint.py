@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, model_validator
 
+from torchrepro.core.description import Description, check_description
 from torchrepro.core.errors import DataError, ParamsError, first_line
 from torchrepro.core.io import atomic_dir, bytes_digest, read_json, require_regular_file, write_bytes, write_json
-from torchrepro.normalize.store import Description, check_description
 
 if TYPE_CHECKING:
     import torch
