@@ -162,7 +162,7 @@ def test_a_host_without_the_pinned_kernels_is_warned_about(monkeypatch, capsys):
 STEPS = """
 import hashlib, sys, torch
 from torchrepro.core.params import Train
-from torchrepro.train.optim import make_optimizer
+from torchrepro.optim import make_optimizer
 torch.set_num_threads(1)
 generator = torch.Generator().manual_seed(0)
 digest = hashlib.sha256()

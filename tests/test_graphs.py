@@ -11,9 +11,9 @@ from torchrepro.core import determinism
 from torchrepro.core.params import Named, Train
 from torchrepro.models.checkpoint import to_bytes
 from torchrepro.models.nets import create_model
+from torchrepro.optim import make_optimizer, make_schedule
 from torchrepro.train import graphs
 from torchrepro.train.loop import Split, Trainer, fit, seed_everything
-from torchrepro.train.optim import make_optimizer, make_schedule
 
 from conftest import blob_table
 

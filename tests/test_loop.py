@@ -12,9 +12,9 @@ from torchrepro.core.params import Named, Train
 from torchrepro.models.checkpoint import safe_load, to_bytes
 from torchrepro.models.inference import predict
 from torchrepro.models.nets import create_model
+from torchrepro.optim import make_optimizer, make_schedule
 from torchrepro.train import loop
 from torchrepro.train.loop import Split, Trainer, TrainingDiverged, fit, seed_everything
-from torchrepro.train.optim import make_optimizer, make_schedule
 
 from conftest import ROOT, blob_table, regression_table
 

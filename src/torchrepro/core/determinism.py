@@ -12,7 +12,7 @@ every library that picks an order from the host is pinned:
     emulated Intel CPU computes other bytes for some of the recipes' matrix products
     (docs/performance.md). MKL's vector math (VML: exp, log, sqrt, tanh of whole tensors)
     still picks its code by vendor, so the optimizers run fused kernels, ATen's own code
-    (train/optim.py), and one that has none is warned about.
+    (optim.py), and one that has none is warned about.
   - A fixed number of intra-op threads, PORTABLE_THREADS, on every host whatever its core
     count: MKL's COMPATIBLE branch, ATen's parallel reductions and oneDNN's convolutions
     split their work by thread count, so the count is part of the result. MKL_DYNAMIC=FALSE

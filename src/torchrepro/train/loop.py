@@ -17,10 +17,10 @@ from tqdm import tqdm
 
 from torchrepro.core.errors import UserError
 from torchrepro.models.inference import EVAL_BATCH, loss_fn, predict
+from torchrepro.optim import Schedule
 from torchrepro.train import graphs
 from torchrepro.train.distributed import World
 from torchrepro.train.graphs import GraphedSteps
-from torchrepro.train.optim import Schedule
 
 CHUNK_BYTES = 8 << 20  # how much of the shuffled training set to gather at a time
 

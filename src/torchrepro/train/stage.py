@@ -24,15 +24,15 @@ from torchrepro.core.params import Params
 from torchrepro.models.checkpoint import save_model
 from torchrepro.models.nets import count_parameters, create_model
 from torchrepro.normalize import store
+from torchrepro.optim import host_dependent, make_optimizer, make_schedule
 from torchrepro.train.distributed import World
 from torchrepro.train.loop import Split, Trainer, fit, seed_everything
-from torchrepro.train.optim import host_dependent, make_optimizer, make_schedule
 from torchrepro.train.resume import ResumeStore, interval_from_env
 
 SNAPSHOT_LAYOUT = 3  # bump when Trainer.snapshot() changes: older resume files are then removed
 PACKAGE = Path(__file__).resolve().parents[1]
 # The code that shapes a training run: resuming from a checkpoint made by other code is not safe.
-TRAINING_CODE = ("core", "models", "train", "normalize/store.py")
+TRAINING_CODE = ("core", "models", "train", "optim.py", "normalize/store.py")
 
 
 def code_digest() -> str:

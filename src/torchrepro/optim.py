@@ -5,6 +5,10 @@ the other keys of `train` are its keyword options. `train.scheduler` names a cla
 torch.optim.lr_scheduler (step, exponential, cosine, onecycle, ...) with its options. Options
 are checked against the class's signature, then by torch itself on a stand-in parameter, so
 a bad value fails before any data is read.
+
+Below both stages that use it: validate checks every experiment's options by building them
+here on a stand-in, and train builds them here for real, so what validate accepts is what
+train runs.
 """
 
 from __future__ import annotations
