@@ -249,3 +249,31 @@ def test_no_module_imports_a_later_stages_code():
             if target in order and target != room:
                 assert order.index(target) < order.index(room), f"{path.relative_to(PACKAGE)} imports {name}"
 
+
+def module_name(path: Path) -> str:
+    """The dotted name of a file under src/torchrepro (a package's __init__.py names the package)."""
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_modules_import_each_other():
+    """No import circle, not even one that only a type checker follows or that a function
+    closes lazily: each module can be read with what it builds on already known."""
+    graph = {
+        module_name(path): {m for m in imported_modules(path, everywhere=True, type_checking=True) if module_file(m)}
+        for path in PACKAGE.rglob("*.py")
+    }
+    done: set[str] = set()
+
+    def visit(name: str, trail: list[str]) -> None:
+        if name in trail:
+            pytest.fail("import circle: " + " -> ".join([*trail[trail.index(name) :], name]))
+        if name in done:
+            return
+        for target in sorted(graph.get(name, ())):
+            visit(target, [*trail, name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
+    assert {"torchrepro.train.loop", "torchrepro.optim", "torchrepro.core.cli"} <= set(graph)  # the walk saw the tree
