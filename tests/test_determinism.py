@@ -74,9 +74,10 @@ def project(tmp_path_factory) -> Path:
 # The train stage's entry point, run for each experiment in turn in one process: the process
 # start-up (torch's import) is most of a tiny run's time.
 TRAIN = (
-    "import sys; from torchrepro.core.cli import stage\n"
+    "import runpy, sys; from torchrepro.core.cli import stage\n"
+    f"main = runpy.run_path({str(ROOT / 'stages' / 'train.py')!r})['main']\n"
     "for experiment in sys.argv[2:]:\n"
-    "    stage('', 'experiment', 'torchrepro.train.stage', [experiment, '--params', sys.argv[1]])"
+    "    stage('', 'experiment', main, [experiment, '--params', sys.argv[1]])"
 )
 
 

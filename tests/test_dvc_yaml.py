@@ -140,8 +140,7 @@ def module_file(name: str) -> Path | None:
 
 def imported_modules(path: Path, everywhere: bool, type_checking: bool = False) -> set[str]:
     """torchrepro modules that `path` imports when it is imported or, with `everywhere`, also inside
-    its functions. A "torchrepro.x" string (a module the stage imports by name) counts too;
-    `if TYPE_CHECKING:` blocks never run and count only with `type_checking`."""
+    its functions. `if TYPE_CHECKING:` blocks never run and count only with `type_checking`."""
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
@@ -156,13 +155,6 @@ def imported_modules(path: Path, everywhere: bool, type_checking: bool = False) 
                     found.add(sub if module_file(sub) else child.module)
             elif isinstance(child, ast.Import):
                 found.update(a.name for a in child.names if a.name.startswith("torchrepro."))
-            elif (
-                isinstance(child, ast.Constant)
-                and isinstance(child.value, str)
-                and re.fullmatch(r"torchrepro(\.\w+)+", child.value)
-                and module_file(child.value)
-            ):
-                found.add(child.value)
             visit(child)
 
     visit(ast.parse(path.read_text()))
@@ -277,3 +269,13 @@ def test_no_modules_import_each_other():
     for name in sorted(graph):
         visit(name, [])
     assert {"torchrepro.train.loop", "torchrepro.optim", "torchrepro.core.cli"} <= set(graph)  # the walk saw the tree
+
+
+def test_modules_are_imported_by_statement_not_by_string():
+    """The deps check follows import statements: a module imported from its name as a string
+    (importlib.import_module, __import__) would escape it, and a reader as well."""
+    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "stages").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                called = ast.unparse(node.func)
+                assert called not in ("importlib.import_module", "import_module", "__import__"), f"{path}: {called}"
