@@ -212,6 +212,14 @@ def test_stage_deps_list_every_module_it_imports(stage):
     )
 
 
+@pytest.mark.parametrize("stage", list(DVC["stages"]))
+def test_stage_deps_list_no_module_it_does_not_import(stage):
+    """A dep the stage never imports would rerun it for edits that cannot change its outputs."""
+    _, listed, needed = stage_code_deps(stage)
+    unused = [d for d in listed if not any(f == d or d in f.parents for f in needed)]
+    assert sorted(str(d.relative_to(ROOT)) for d in unused) == [], f"{stage}: in deps but not imported"
+
+
 def test_import_walk_sees_lazy_and_transitive_imports():
     """The walk itself: download reaches the HTTP code through download/__init__ -> mnist; the
     train stage reaches params through cli's lazy import and does not reach the sources."""
