@@ -148,8 +148,8 @@ def ours(recipe: dict, work: Path, epochs: int, device: str, seed: int, mode: st
     from torchrepro.core.params import Train
     from torchrepro.models.nets import create_model
     from torchrepro.normalize import store
+    from torchrepro.optim import make_optimizer
     from torchrepro.train.loop import Split, Trainer, fit, seed_everything
-    from torchrepro.train.optim import make_optimizer
 
     dev = resolve_device(device)
     determinism.apply(mode, dev)  # as the train stage does

@@ -2,5 +2,12 @@
 
 from torchrepro.core.cli import stage
 
+
+def main(params, dataset: str) -> None:
+    from torchrepro.download import run  # here, not above: --help answers without it
+
+    run(params, dataset)
+
+
 if __name__ == "__main__":
-    stage(__doc__, "dataset", "torchrepro.download")
+    stage(__doc__, "dataset", main)

@@ -2,5 +2,12 @@
 
 from torchrepro.core.cli import stage
 
+
+def main(params, dataset: str) -> None:
+    from torchrepro.normalize.prepare import run  # here, not above: --help answers without it
+
+    run(params, dataset)
+
+
 if __name__ == "__main__":
-    stage(__doc__, "dataset", "torchrepro.normalize.prepare")
+    stage(__doc__, "dataset", main)

@@ -6,17 +6,24 @@ import sys
 
 from torchrepro.core.cli import run, stage
 
+
+def main(params, experiment: str) -> None:
+    from torchrepro import plot  # here, not above: --help answers without matplotlib
+
+    plot.run(params, experiment)
+
+
+def activations(png: str) -> None:
+    from torchrepro import plot
+
+    plot.activations(png)
+
+
 if __name__ == "__main__":
     if "--activations" in sys.argv[1:]:
         parser = argparse.ArgumentParser(description=__doc__)
         parser.add_argument("--activations", metavar="PNG", required=True, help="write the figure here")
         args = parser.parse_args()
-
-        def main() -> None:
-            from torchrepro.plot import activations
-
-            activations(args.activations)
-
-        run(main)
+        run(lambda: activations(args.activations))
     else:
-        stage(__doc__, "experiment", "torchrepro.plot")
+        stage(__doc__, "experiment", main)

@@ -28,7 +28,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from torchrepro.core.params import Train  # noqa: E402
 from torchrepro.models.nets import create_model  # noqa: E402
-from torchrepro.train.optim import make_optimizer  # noqa: E402
+from torchrepro.optim import make_optimizer  # noqa: E402
 
 # (model, options, input shape, outputs, optimizer, batch): the shipped recipes' shapes
 RECIPES = {

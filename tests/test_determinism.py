@@ -76,9 +76,10 @@ def project(tmp_path_factory) -> Path:
 # The train stage's entry point, run for each experiment in turn in one process: the process
 # start-up (torch's import) is most of a tiny run's time.
 TRAIN = (
-    "import sys; from torchrepro.core.cli import stage\n"
+    "import runpy, sys; from torchrepro.core.cli import stage\n"
+    f"main = runpy.run_path({str(ROOT / 'stages' / 'train.py')!r})['main']\n"
     "for experiment in sys.argv[2:]:\n"
-    "    stage('', 'experiment', 'torchrepro.train.stage', [experiment, '--params', sys.argv[1]])"
+    "    stage('', 'experiment', main, [experiment, '--params', sys.argv[1]])"
 )
 
 
@@ -164,7 +165,7 @@ def test_a_host_without_the_pinned_kernels_is_warned_about(monkeypatch, capsys):
 STEPS = """
 import hashlib, sys, torch
 from torchrepro.core.params import Train
-from torchrepro.train.optim import make_optimizer
+from torchrepro.optim import make_optimizer
 torch.set_num_threads(1)
 generator = torch.Generator().manual_seed(0)
 digest = hashlib.sha256()

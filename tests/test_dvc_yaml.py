@@ -180,15 +180,14 @@ def module_file(name: str) -> Path | None:
     return None
 
 
-def imported_modules(path: Path, everywhere: bool) -> set[str]:
+def imported_modules(path: Path, everywhere: bool, type_checking: bool = False) -> set[str]:
     """torchrepro modules that `path` imports when it is imported or, with `everywhere`, also inside
-    its functions. A "torchrepro.x" string (a module the stage imports by name) counts too;
-    `if TYPE_CHECKING:` blocks never run and do not."""
+    its functions. `if TYPE_CHECKING:` blocks never run and count only with `type_checking`."""
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test) and not type_checking:
                 child = ast.Module(body=child.orelse, type_ignores=[])
             elif not everywhere and isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
                 continue
@@ -198,13 +197,6 @@ def imported_modules(path: Path, everywhere: bool) -> set[str]:
                     found.add(sub if module_file(sub) else child.module)
             elif isinstance(child, ast.Import):
                 found.update(a.name for a in child.names if a.name.startswith("torchrepro."))
-            elif (
-                isinstance(child, ast.Constant)
-                and isinstance(child.value, str)
-                and re.fullmatch(r"torchrepro(\.\w+)+", child.value)
-                and module_file(child.value)
-            ):
-                found.add(child.value)
             visit(child)
 
     visit(ast.parse(path.read_text()))
@@ -262,6 +254,14 @@ def test_stage_deps_list_every_module_it_imports(stage):
     )
 
 
+@pytest.mark.parametrize("stage", list(DVC["stages"]))
+def test_stage_deps_list_no_module_it_does_not_import(stage):
+    """A dep the stage never imports would rerun it for edits that cannot change its outputs."""
+    _, listed, needed = stage_code_deps(stage)
+    unused = [d for d in listed if not any(f == d or d in f.parents for f in needed)]
+    assert sorted(str(d.relative_to(ROOT)) for d in unused) == [], f"{stage}: in deps but not imported"
+
+
 def test_import_walk_sees_lazy_and_transitive_imports():
     """The walk itself: download reaches the HTTP code through download/__init__ -> mnist; the
     train stage reaches params through cli's lazy import and does not reach the sources."""
@@ -269,16 +269,19 @@ def test_import_walk_sees_lazy_and_transitive_imports():
     download = relative(stage_imports(ROOT / "stages" / "download.py"))
     assert {"download/sources.py", "download/mnist.py", "download/http.py", "core/params.py", "core/io.py"} <= download
     train = relative(stage_imports(ROOT / "stages" / "train.py"))
-    assert {"train/stage.py", "train/optim.py", "models/nets.py", "normalize/store.py", "core/params.py"} <= train
+    assert {"train/stage.py", "optim.py", "models/nets.py", "normalize/store.py", "core/params.py"} <= train
     assert "download/sources.py" not in train and "normalize/prepare.py" not in train
     evaluate = relative(stage_imports(ROOT / "stages" / "evaluate.py"))
     assert not any(f.startswith("train/") for f in evaluate)  # no later or sibling stage's code
 
 
 def test_no_module_imports_a_later_stages_code():
-    """The tree reads like the DAG: each stage's package imports only core, models and the
-    stages before it."""
-    order = ["core", "download", "normalize", "models", "train", "evaluate", "plot", "report"]
+    """Layers point down: each room of the package imports only the rooms before it. Core is
+    at the bottom and the stages follow the DAG; models (shared by train, evaluate and predict)
+    and optim (by validate and train) lie below what uses them, and validate, which checks the
+    params against what the sources, the models and torch.optim accept, lies above those and
+    below the training it guards."""
+    order = ["core", "download", "normalize", "models", "optim", "validate", "train", "evaluate", "plot", "report"]
     for path in PACKAGE.rglob("*.py"):
         room = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
         if room not in order:
@@ -287,3 +290,42 @@ def test_no_module_imports_a_later_stages_code():
             target = name.split(".")[1]
             if target in order and target != room:
                 assert order.index(target) < order.index(room), f"{path.relative_to(PACKAGE)} imports {name}"
+
+
+def module_name(path: Path) -> str:
+    """The dotted name of a file under src/torchrepro (a package's __init__.py names the package)."""
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_modules_import_each_other():
+    """No import circle, not even one that only a type checker follows or that a function
+    closes lazily: each module can be read with what it builds on already known."""
+    graph = {
+        module_name(path): {m for m in imported_modules(path, everywhere=True, type_checking=True) if module_file(m)}
+        for path in PACKAGE.rglob("*.py")
+    }
+    done: set[str] = set()
+
+    def visit(name: str, trail: list[str]) -> None:
+        if name in trail:
+            pytest.fail("import circle: " + " -> ".join([*trail[trail.index(name) :], name]))
+        if name in done:
+            return
+        for target in sorted(graph.get(name, ())):
+            visit(target, [*trail, name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
+    assert {"torchrepro.train.loop", "torchrepro.optim", "torchrepro.core.cli"} <= set(graph)  # the walk saw the tree
+
+
+def test_modules_are_imported_by_statement_not_by_string():
+    """The deps check follows import statements: a module imported from its name as a string
+    (importlib.import_module, __import__) would escape it, and a reader as well."""
+    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "stages").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                called = ast.unparse(node.func)
+                assert called not in ("importlib.import_module", "import_module", "__import__"), f"{path}: {called}"

@@ -12,9 +12,9 @@ from torchrepro.download.sources import Table
 from torchrepro.models.inference import predict
 from torchrepro.models.nets import create_model
 from torchrepro.normalize import prepare, store
+from torchrepro.optim import make_optimizer
 from torchrepro.train import stage
 from torchrepro.train.loop import Split, Trainer, fit, seed_everything
-from torchrepro.train.optim import make_optimizer
 
 from test_fuzz import run_entry, snapshot
 

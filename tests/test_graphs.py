@@ -11,9 +11,9 @@ from torchrepro.core import determinism
 from torchrepro.core.params import Named, Train
 from torchrepro.models.checkpoint import to_bytes
 from torchrepro.models.nets import create_model
+from torchrepro.optim import make_optimizer, make_schedule
 from torchrepro.train import graphs
 from torchrepro.train.loop import Split, Trainer, fit, seed_everything
-from torchrepro.train.optim import make_optimizer, make_schedule
 
 from conftest import blob_table
 
@@ -42,8 +42,14 @@ def make_trainer(device: str = "cpu", seed: int = 0, **train) -> Trainer:
     return trainer
 
 
+def why_not(trainer: Trainer) -> str | None:
+    return graphs.why_not(
+        trainer.optimizer, trainer.schedule, trainer.world.size, len(trainer.train) // trainer.batch_size
+    )
+
+
 def test_a_cpu_trainer_runs_the_eager_loop_without_a_word(capsys):
-    assert graphs.plan(make_trainer()) is None
+    assert make_trainer().graphed is None
     assert capsys.readouterr().err == ""
 
 
@@ -57,13 +63,13 @@ def test_a_cpu_trainer_runs_the_eager_loop_without_a_word(capsys):
     ],
 )
 def test_why_the_step_cannot_be_captured(train, reason):
-    assert reason in graphs.why_not(make_trainer(**train))
+    assert reason in why_not(make_trainer(**train))
 
 
 def test_capturable_steps_and_the_switch(monkeypatch):
-    assert graphs.why_not(make_trainer(optimizer="sgd", momentum=0.9)) is None  # no host state
+    assert why_not(make_trainer(optimizer="sgd", momentum=0.9)) is None  # no host state
     monkeypatch.setenv(graphs.ENV, "0")
-    assert graphs.why_not(make_trainer(optimizer="sgd")) == f"{graphs.ENV}=0"
+    assert why_not(make_trainer(optimizer="sgd")) == f"{graphs.ENV}=0"
 
 
 # --- On a GPU ---------------------------------------------------------------------------

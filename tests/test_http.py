@@ -6,10 +6,11 @@ import sys
 import numpy as np
 import pytest
 from http_server import FileServer, dead_url
+from idx_files import write_idx
 
 from torchrepro.core.errors import DataError
 from torchrepro.download.http import digest_check, download
-from torchrepro.download.idx import read_idx, write_idx
+from torchrepro.download.idx import read_idx
 
 FAST = {"backoff": 0.001, "timeout": 5.0, "progress": False}  # keep retries quick in tests
 

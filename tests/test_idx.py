@@ -2,9 +2,10 @@ import gzip
 
 import numpy as np
 import pytest
+from idx_files import write_idx
 
 from torchrepro.core.errors import DataError
-from torchrepro.download.idx import is_gzip, read_idx, read_images_labels, write_idx
+from torchrepro.download.idx import is_gzip, read_idx, read_images_labels
 
 
 def tiny_images(n: int = 5) -> np.ndarray:
@@ -101,8 +102,3 @@ def test_image_and_label_counts_must_agree(tmp_path):
     write_idx(tmp_path / "labels", tiny_labels(4))
     with pytest.raises(DataError, match=r"labels: 4 labels, but .*images has 5 images"):
         read_images_labels(tmp_path / "images", tmp_path / "labels")
-
-
-def test_write_idx_rejects_non_uint8(tmp_path):
-    with pytest.raises(ValueError, match="uint8"):
-        write_idx(tmp_path / "x", np.zeros(3, dtype=np.int64))

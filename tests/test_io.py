@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from torchrepro.core import io
@@ -180,3 +181,19 @@ def test_results_get_the_usual_modes(tmp_path):
         (tmp / "x").write_text("x")
     assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~umask
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_rounded_to_significant_digits_or_decimal_places():
+    assert io.rounded(12.3456789) == 12.3457 and io.rounded(0.000123456789) == 0.000123457
+    assert io.rounded(12.3456789, significant=False) == 12.345679
+    assert io.rounded(0.000123456789, significant=False) == 0.000123
+
+
+def test_rounded_to_decimal_places_is_pythons_round():
+    """What the evaluate stage wrote before with round(): the same floats, so the same bytes."""
+    rng = np.random.default_rng(0)
+    values = np.concatenate(
+        [rng.uniform(-20, 20, 20_000), rng.standard_normal(20_000) * 10.0 ** rng.integers(-9, 9, 20_000)]
+    )
+    for value in map(float, values):
+        assert io.rounded(value, 6, significant=False) == round(value, 6), value

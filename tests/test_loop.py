@@ -12,9 +12,9 @@ from torchrepro.core.params import Named, Train
 from torchrepro.models.checkpoint import safe_load, to_bytes
 from torchrepro.models.inference import predict
 from torchrepro.models.nets import create_model
+from torchrepro.optim import make_optimizer, make_schedule
 from torchrepro.train import loop
 from torchrepro.train.loop import Split, Trainer, TrainingDiverged, fit, seed_everything
-from torchrepro.train.optim import make_optimizer, make_schedule
 
 from conftest import ROOT, blob_table, regression_table
 
@@ -295,7 +295,7 @@ def test_tqdm_environment_settings_apply_to_the_epoch_bar():
     code = "from test_loop import make_trainer; from torchrepro.train.loop import fit; fit(make_trainer(), 1)"
 
     def start(**env: str) -> subprocess.Popen:
-        env = os.environ | {"PYTHONPATH": str(ROOT / "tests")} | env
+        env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT / "src")])} | env
         return subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)
 
     shown, hidden = start(), start(TQDM_DISABLE="1")

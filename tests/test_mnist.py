@@ -4,12 +4,13 @@ import re
 import numpy as np
 import pytest
 from http_server import FileServer, dead_url
+from idx_files import write_idx
 
 import torchrepro.download.mnist as webdata
 from torchrepro import download as datasets
 from torchrepro.core.errors import DataError, ParamsError
 from torchrepro.core.params import Named as Source
-from torchrepro.download.idx import open_content, write_idx
+from torchrepro.download.idx import open_content
 from torchrepro.download.mnist import FILES, Pin
 
 SOURCES = {"mnist": webdata.MnistSource, "fashion-mnist": webdata.FashionMnistSource}

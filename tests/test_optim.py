@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from torchrepro import optim
 from torchrepro.core.errors import ParamsError
 from torchrepro.core.params import Named, Train
-from torchrepro.train import optim
 
 CPU = torch.device("cpu")
 

@@ -13,18 +13,18 @@ import torch
 
 from torchrepro.core import determinism
 from torchrepro.core.devices import resolve_device
-from torchrepro.core.io import write_text
+from torchrepro.core.io import rounded, write_text
 from torchrepro.core.live import open_live, restored_on_failure
 from torchrepro.core.params import Params
 from torchrepro.models.checkpoint import load_model
 from torchrepro.models.inference import loss_fn, predict
 from torchrepro.normalize import store
 
-DIGITS = 6  # metrics are rounded so `dvc metrics diff` shows changes, not float noise
+DECIMALS = 6  # metrics are rounded so `dvc metrics diff` shows changes, not float noise
 
 
 def _round(value: float) -> float:
-    return round(float(value), DIGITS)
+    return rounded(value, DECIMALS, significant=False)
 
 
 def per_class_scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple[np.ndarray, ...]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import torch
 from torch import nn
 
 from torchrepro.core.cli import run
-from torchrepro.core.errors import DataError
+from torchrepro.core.errors import DataError, first_line, warn
 from torchrepro.core.io import require_regular_file, write_bytes
 from torchrepro.core.params import load_params
 from torchrepro.models.checkpoint import INFO_DIGEST, info_digest
@@ -74,10 +73,9 @@ def export_model(model: nn.Module, info: dict[str, Any], out: str | Path) -> tup
     try:
         program = export_program(wrapper, info)
     except Exception as error:
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         out = out.with_suffix(".pt")
         write_bytes(out, torchscript_bytes(wrapper, info, info_json))
-        return out, reason
+        return out, first_line(error)
     # Into memory, then an atomic write: torch.export.save warns about a path not ending in .pt2.
     buffer = io.BytesIO()
     torch.export.save(program, buffer, extra_files={INFO_FILE: info_json})
@@ -142,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         path, failure = export_model(model, info, args.out or f"{args.experiment}.pt2")
         if failure:
             warning = f"torch.export failed for {args.experiment} ({failure}); wrote TorchScript instead"
-            print(f"warning: {warning}", file=sys.stderr)
+            warn(warning)
         how = "TorchScript, load with torch.jit.load" if failure else "torch.export, load with torch.export.load"
         print(f"wrote {path} ({how}); {describe_io(info)}")
 

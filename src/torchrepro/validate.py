@@ -8,12 +8,12 @@ torch.optim itself, each dataset's source options, and that the devices exist he
 
 from __future__ import annotations
 
+from torchrepro import optim
 from torchrepro.core.devices import resolve_device
 from torchrepro.core.io import write_text
 from torchrepro.core.params import Params
 from torchrepro.download.sources import resolve_source
 from torchrepro.models.nets import check_options
-from torchrepro.train import optim
 
 MARKER = "params.yaml is valid\n"  # the same bytes whenever the params are valid: nothing reruns for it
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import errno
-import importlib
 import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torchrepro.core.errors import UserError
+
+if TYPE_CHECKING:
+    from torchrepro.core.params import Params
 
 # What to do about the file-system errors a user can fix, by errno.
 FIXES = {
@@ -77,20 +80,20 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def stage(doc: str, target: str, module: str, argv: list[str] | None = None) -> None:
-    """A pipeline stage: `<script> NAME [--params FILE]` calls `module.run(params, NAME)`.
+def stage(doc: str, target: str, main: Callable[[Params, str], object], argv: list[str] | None = None) -> None:
+    """A pipeline stage: `<script> NAME [--params FILE]` calls `main(params, NAME)`.
 
     `target` is "dataset" or "experiment": NAME is a key under that section of params.yaml.
-    The module is imported after the params are read and the determinism environment is set,
-    so --help is instant, torch sees that environment, and a stage imports only what it needs
-    (download and normalize never import torch).
+    `main` runs after the params are read and the determinism environment is set: a stage
+    script imports its library inside it, so --help is instant, torch sees that environment,
+    and a stage imports only what it needs (download and normalize never import torch).
     """
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(target, help=f"a key under `{target}s:` in params.yaml")
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     args = parser.parse_args(argv)
 
-    def main() -> None:
+    def checked_main() -> None:
         from torchrepro.core import determinism
         from torchrepro.core.params import load_params
 
@@ -98,6 +101,6 @@ def stage(doc: str, target: str, module: str, argv: list[str] | None = None) -> 
         name = getattr(args, target)
         (params.experiment if target == "experiment" else params.dataset)(name)  # a typo fails here
         determinism.prepare_environment(params.determinism)
-        importlib.import_module(module).run(params, name)
+        main(params, name)
 
-    run(main)
+    run(checked_main)

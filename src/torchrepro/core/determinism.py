@@ -12,7 +12,7 @@ every library that picks an order from the host is pinned:
     emulated Intel CPU computes other bytes for some of the recipes' matrix products
     (docs/performance.md). MKL's vector math (VML: exp, log, sqrt, tanh of whole tensors)
     still picks its code by vendor, so the optimizers run fused kernels, ATen's own code
-    (train/optim.py), and one that has none is warned about.
+    (optim.py), and one that has none is warned about.
   - A fixed number of intra-op threads, PORTABLE_THREADS, on every host whatever its core
     count: MKL's COMPATIBLE branch, ATen's parallel reductions and oneDNN's convolutions
     split their work by thread count, so the count is part of the result. MKL_DYNAMIC=FALSE
@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 from collections.abc import MutableMapping
 from typing import Any
+
+from torchrepro.core.errors import warn
 
 # Two: what almost every machine has, CI's included. More would be faster on a big host and
 # slower on a small one, where the threads would share cores; the bytes would differ either way.
@@ -94,9 +95,4 @@ def _check_capability() -> None:
         why = f"torch runs its {capability} CPU kernels here, not {PORTABLE_CAPABILITY}"
     else:
         return
-    warn(f"{why}; results may differ from other machines'")
-
-
-def warn(why: str) -> None:
-    """A portable run whose bytes may not match other hosts': one line, once."""
-    print(f"warning: determinism: portable: {why}", file=sys.stderr)
+    warn(f"determinism: portable: {why}; results may differ from other machines'")

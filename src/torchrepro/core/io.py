@@ -195,6 +195,13 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def rounded(value: float, digits: int = 6, significant: bool = True) -> float:
+    """`value` to `digits` significant digits or, with significant=False, decimal places
+    (exactly round(value, digits)): metrics files hold stable decimals, so a diff between runs
+    shows a change, not float noise."""
+    return float(format(float(value), f".{digits}{'g' if significant else 'f'}"))
+
+
 def read_json(path: Path, hint: str) -> Any:
     """A JSON file's content; a missing file raises FileNotFoundError, any other problem a
     DataError naming the file and `hint`."""

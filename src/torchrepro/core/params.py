@@ -21,7 +21,7 @@ from ruamel.yaml import YAML, YAMLError
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
 
-from torchrepro.core.errors import ParamsError
+from torchrepro.core.errors import Invalid, ParamsError, first_error
 from torchrepro.core.io import require_regular_file
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
@@ -327,13 +327,12 @@ def _relevant(error: dict[str, Any]) -> bool:
     return member is None or member == isinstance(error.get("input"), dict)
 
 
-def _describe(error: dict[str, Any]) -> str:
-    path, holder, _ = _locate(error["loc"])
-    if error["type"] == "extra_forbidden":
+def _describe(error: Invalid) -> str:
+    path, holder, _ = _locate(error.loc)
+    if error.type == "extra_forbidden":
         return f"{path}: unknown key; allowed: {', '.join(sorted(holder.model_fields))}"
-    message = error["msg"].removeprefix("Value error, ")
-    got = error.get("input")
-    if error["type"] != "missing" and not isinstance(got, (dict, list)) and repr(got) not in message:
+    message, got = error.message, error.input
+    if error.type != "missing" and not isinstance(got, (dict, list)) and repr(got) not in message:
         message += f" (got {got!r})"
     return f"{path}: {message}"
 
@@ -366,10 +365,10 @@ def parse_params(raw: Any, origin: str = "params.yaml") -> Params:
     except ParamsError as error:
         raise ParamsError(f"{origin}: {error}") from None
     except ValidationError as error:
-        errors = [e for e in error.errors() if _relevant(e)] or error.errors()
-        line = f"{origin}: {_describe(errors[0])}"
-        if len(errors) > 1:
-            line += f" (and {len(errors) - 1} more)"
+        first = first_error(error, keep=_relevant)
+        line = f"{origin}: {_describe(first)}"
+        if first.others:
+            line += f" (and {first.others} more)"
         raise ParamsError(line) from None
 
 

@@ -15,12 +15,9 @@ from typing import BinaryIO
 import numpy as np
 
 from torchrepro.core.errors import DataError
-from torchrepro.core.io import atomic_path
 
 GZIP_MAGIC = b"\x1f\x8b"
 UINT8 = 0x08
-IMAGES_MAGIC = 0x00000803  # uint8, 3 dimensions: (N, rows, cols)
-LABELS_MAGIC = 0x00000801  # uint8, 1 dimension: (N,)
 
 
 def is_gzip(path: Path) -> bool:
@@ -75,19 +72,3 @@ def read_images_labels(images_path: Path, labels_path: Path) -> tuple[np.ndarray
     if len(images) != len(labels):
         raise DataError(f"{labels_path}: {len(labels)} labels, but {images_path} has {len(images)} images")
     return images, labels
-
-
-def write_idx(path: Path, array: np.ndarray, gzip: bool = False) -> None:
-    """Write a uint8 array as an IDX file (gzipped if asked), atomically."""
-    array = np.ascontiguousarray(array)
-    if array.dtype != np.uint8 or not 1 <= array.ndim <= 255:
-        raise ValueError(f"write_idx needs a uint8 array with 1-255 dimensions, got {array.ndim}-d {array.dtype}")
-    header = bytes([0, 0, UINT8, array.ndim]) + b"".join(n.to_bytes(4, "big") for n in array.shape)
-    data = header + array.tobytes()
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(_gzip_bytes(data) if gzip else data)
-
-
-def _gzip_bytes(data: bytes) -> bytes:
-    # mtime=0: the same array always gives the same bytes, so digests are stable.
-    return gzip.compress(data, mtime=0)

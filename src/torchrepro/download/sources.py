@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from torchrepro.core.errors import DataError, ParamsError
+from torchrepro.core.errors import DataError, ParamsError, first_error
 from torchrepro.core.params import CSV_DIR
 
 if TYPE_CHECKING:  # annotations only: pandas is imported where a CSV is read
@@ -79,14 +79,15 @@ def resolve_source(dataset: str, source) -> tuple[SourceSpec, Options]:
     try:
         options = spec.options.model_validate(source.options)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        if first["type"] == "extra_forbidden":
+        first = first_error(error)
+        if first.type == "extra_forbidden":
             allowed = ", ".join(sorted(set(spec.options.model_fields))) or "none"
-            raise ParamsError(f"{key}.{where}: unknown option for source {spec.name!r}; allowed: {allowed}") from None
-        if not where:  # a check across options: its message starts with the option's name
-            raise ParamsError(f"{key}.{first['msg'].removeprefix('Value error, ')}") from None
-        raise ParamsError(f"{key}.{where}: {first['msg']} (got {first.get('input')!r})") from None
+            raise ParamsError(
+                f"{key}.{first.where}: unknown option for source {spec.name!r}; allowed: {allowed}"
+            ) from None
+        if not first.where:  # a check across options: its message starts with the option's name
+            raise ParamsError(f"{key}.{first.message}") from None
+        raise ParamsError(first.line(key)) from None
     return spec, options
 
 

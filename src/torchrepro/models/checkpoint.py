@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, model_validator
 
-from torchrepro.core.errors import DataError, ParamsError
+from torchrepro.core.description import Description, check_description
+from torchrepro.core.errors import DataError, ParamsError, first_line
 from torchrepro.core.io import atomic_dir, bytes_digest, read_json, require_regular_file, write_bytes, write_json
-from torchrepro.normalize.store import Description, check_description
 
 if TYPE_CHECKING:
     import torch
@@ -74,12 +74,7 @@ def safe_load(path: str | Path, map_location: str | torch.device = "cpu", data: 
         reason = _refusal(error)
         raise DataError(f"{path}: refused to load: holds more than tensors and plain data ({reason})") from None
     except Exception as error:  # damaged bytes fail in many ways: EOFError, struct.error, IndexError, ...
-        raise DataError(f"{path}: corrupt or truncated checkpoint ({_first_line(error)})") from None
-
-
-def _first_line(error: Exception) -> str:
-    """The start of an error's message for a one-line report; some (EOFError) have none."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise DataError(f"{path}: corrupt or truncated checkpoint ({first_line(error)})") from None
 
 
 def _refusal(error: Exception) -> str:
@@ -87,7 +82,7 @@ def _refusal(error: Exception) -> str:
     for line in str(error).splitlines():
         if "WeightsUnpickler error:" in line:
             return line.partition("WeightsUnpickler error:")[2].strip().split(". ")[0][:200]
-    return _first_line(error)
+    return first_line(error)
 
 
 def info_digest(info: dict[str, Any]) -> str:
@@ -182,10 +177,10 @@ def load_model(
     except ParamsError as error:  # the model's name or options, as model.json gives them
         raise DataError(f"{info_path}: {error}; {restore}") from None
     except TypeError as error:
-        raise DataError(f"{info_path}: not a model description ({_first_line(error)}); {restore}") from None
+        raise DataError(f"{info_path}: not a model description ({first_line(error)}); {restore}") from None
     state = safe_load(weights_path, data=weights)
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as error:
-        raise DataError(f"{weights_path}: does not fit model {info['model']!r} ({_first_line(error)})") from None
+        raise DataError(f"{weights_path}: does not fit model {info['model']!r} ({first_line(error)})") from None
     return model.to(device).eval(), info

@@ -19,7 +19,7 @@ from pydantic import ConfigDict, Field, ValidationError
 from pydantic import create_model as pydantic_model
 from torch import nn
 
-from torchrepro.core.errors import ParamsError
+from torchrepro.core.errors import ParamsError, first_error
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
@@ -124,12 +124,11 @@ def check_options(name: str, options: dict[str, Any], key: str = "model") -> dic
     try:
         schema.model_validate(options)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        if first["type"] == "extra_forbidden":
+        first = first_error(error)
+        if first.type == "extra_forbidden":
             allowed = ", ".join(schema.model_fields) or "none"
-            raise ParamsError(f"{key}.{where}: unknown option for model {name!r}; allowed: {allowed}") from None
-        raise ParamsError(f"{key}.{where}: {first['msg']} (got {first.get('input')!r})") from None
+            raise ParamsError(f"{key}.{first.where}: unknown option for model {name!r}; allowed: {allowed}") from None
+        raise ParamsError(first.line(key)) from None
     return options
 
 

@@ -20,24 +20,27 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from torchrepro.train.step import Step
+
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-    from torchrepro.train.loop import Trainer
+    from torchrepro.optim import Schedule
 
 ENV = "TORCHREPRO_CUDA_GRAPHS"
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (torch's recipe uses a few)
 
 
-def why_not(trainer: Trainer) -> str | None:
-    """Why this trainer's steps cannot be captured; None when they can."""
+def why_not(
+    optimizer: torch.optim.Optimizer, schedule: Schedule | None, world_size: int, full_batches: int
+) -> str | None:
+    """Why these training steps cannot be captured; None when they can."""
     if os.environ.get(ENV, "1") == "0":
         return f"{ENV}=0"
-    if trainer.world.size > 1:
+    if world_size > 1:
         return "DistributedDataParallel's gradient hooks run outside a captured step here"
-    if trainer.schedule is not None:
+    if schedule is not None:
         return "a learning-rate scheduler changes the learning rate between steps from the host"
-    optimizer = trainer.optimizer
     # Its state must live on the device: capturable or fused kernels; SGD keeps no step count.
     if not isinstance(optimizer, torch.optim.SGD) and not all(
         group.get("capturable") or group.get("fused") for group in optimizer.param_groups
@@ -46,79 +49,68 @@ def why_not(trainer: Trainer) -> str | None:
         if "capturable" in inspect.signature(type(optimizer).__init__).parameters:
             return f"{name} runs with capturable=False"
         return f"{name} has no capturable option"
-    if len(trainer.train) // trainer.batch_size <= WARMUP_STEPS:
+    if full_batches <= WARMUP_STEPS:
         return f"an epoch has {WARMUP_STEPS} or fewer full batches"
     return None
 
 
-def plan(trainer: Trainer) -> GraphedSteps | None:
-    """A GraphedSteps for a CUDA trainer that allows it; None (and one line why) otherwise."""
-    if not trainer.train.x.is_cuda:
+def plan(
+    step: Step,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    shuffle: torch.Generator,
+    batch_size: int,
+    schedule: Schedule | None,
+    world_size: int,
+) -> GraphedSteps | None:
+    """GraphedSteps for training on CUDA where the step allows it; None (and one line why) otherwise."""
+    if not x.is_cuda:
         return None
-    reason = why_not(trainer)
+    reason = why_not(step.optimizer, schedule, world_size, len(y) // batch_size)
     if reason is not None:
         print(f"note: CUDA graphs off, the eager loop runs: {reason}", file=sys.stderr)
         return None
-    return GraphedSteps(trainer)
+    return GraphedSteps(step, x, y, shuffle, batch_size)
 
 
 class GraphedSteps:
-    """One full-batch training step captured as a CUDA graph, replayed over an epoch."""
+    """The training step on a full batch captured as a CUDA graph, replayed over an epoch."""
 
-    def __init__(self, trainer: Trainer):
-        self.t = trainer
-        device, n, batch = trainer.train.x.device, len(trainer.train), trainer.batch_size
-        self.full_steps = n // batch
+    def __init__(self, step: Step, x: torch.Tensor, y: torch.Tensor, shuffle: torch.Generator, batch_size: int):
+        self.step, self.x, self.y, self.shuffle, self.batch_size = step, x, y, shuffle, batch_size
+        self.full_steps, self.steps = len(y) // batch_size, -(-len(y) // batch_size)
         # Static buffers: the graph reads and writes these addresses on every replay.
-        self.perm = torch.empty(n, dtype=torch.long, device=device)
-        self.offsets = torch.arange(batch, device=device)
-        self.step = torch.zeros((), dtype=torch.long, device=device)
-        self.steps = torch.arange(trainer.steps_per_epoch, device=device)
-        self.losses = torch.zeros(trainer.steps_per_epoch, device=device)
-        self.correct = torch.zeros((), dtype=torch.long, device=device)
+        self.perm = torch.empty(len(y), dtype=torch.long, device=x.device)
+        self.offsets = torch.arange(batch_size, device=x.device)
+        self.at = torch.zeros((), dtype=torch.long, device=x.device)  # the batch the captured step takes
         self.graph: torch.cuda.CUDAGraph | None = None
         self.warmed = 0
 
     def _step(self) -> None:
-        """The training step of batch `self.step` of the permutation, all on the device."""
-        t, batch = self.t, self.t.batch_size
-        index = self.perm[self.offsets + self.step * batch]
-        xb, yb = t.train.x[index], t.train.y[index]
-        out = t.model(xb)
-        loss = t.loss(out, yb)
-        loss.backward()
-        t.optimizer.step()
-        # losses[step] = loss x batch, without indexing by a device scalar: 0 + 1 x v is v exactly.
-        self.losses += (self.steps == self.step) * (loss.detach() * batch)
-        if t.task == "classification":
-            self.correct += (out.argmax(1) == yb).sum()
-        self.step += 1
-
-    def _eager(self) -> None:
-        self.t.optimizer.zero_grad(set_to_none=True)
-        self._step()
+        """The training step on batch `self.at` of the permutation, all on the device."""
+        index = self.perm[self.offsets + self.at * self.batch_size]
+        self.step(self.x[index], self.y[index], self.at)
+        self.at += 1
 
     def _capture(self) -> None:
-        self.t.optimizer.zero_grad(set_to_none=True)  # backward inside the graph then allocates
+        # Gradients None before capture: backward then allocates them in the graph's own memory.
+        self.step.optimizer.zero_grad(set_to_none=True)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self._step()
 
-    def epoch(self, progress: tqdm | None = None) -> tuple[float, float | None]:
-        """One pass over a fresh permutation; the same results as Trainer's eager epoch."""
-        t = self.t
-        t.model.train()
-        torch.randperm(len(t.train), generator=t.shuffle, device=self.perm.device, out=self.perm)
-        self.step.zero_()
-        self.losses.zero_()
-        self.correct.zero_()
+    def epoch(self, progress: tqdm | None = None) -> None:
+        """One pass over a fresh permutation into the step's tallies, as the eager loop makes it."""
+        self.step.model.train()
+        torch.randperm(len(self.y), generator=self.shuffle, device=self.perm.device, out=self.perm)
+        self.at.zero_()
         done = 0
         while self.graph is None and done < self.full_steps:
             if self.warmed < WARMUP_STEPS:
                 side = torch.cuda.Stream()
                 side.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(side):
-                    self._eager()
+                    self._step()
                 torch.cuda.current_stream().wait_stream(side)
                 self.warmed += 1
             else:
@@ -131,25 +123,8 @@ class GraphedSteps:
             self.graph.replay()
             if progress is not None:
                 progress.update(1)
-        if self.full_steps < t.steps_per_epoch:  # the last, shorter batch
-            self._last_batch()
+        if self.full_steps < self.steps:  # the last, shorter batch, eagerly
+            index = self.perm[self.full_steps * self.batch_size :]
+            self.step(self.x[index], self.y[index], self.full_steps)
             if progress is not None:
                 progress.update(1)
-        n = len(t.train)
-        mean_loss = self.losses.sum().item() / n
-        if t.task == "classification":
-            return mean_loss, self.correct.item() / n
-        return mean_loss, None
-
-    def _last_batch(self) -> None:
-        t = self.t
-        index = self.perm[self.full_steps * t.batch_size :]
-        xb, yb = t.train.x[index], t.train.y[index]
-        out = t.model(xb)
-        loss = t.loss(out, yb)
-        t.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        t.optimizer.step()
-        self.losses[-1] = loss.detach() * len(yb)
-        if t.task == "classification":
-            self.correct += (out.argmax(1) == yb).sum()

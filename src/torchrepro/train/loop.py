@@ -1,5 +1,7 @@
 """The training loop: the whole split lives on the device as tensors and is shuffled once per
-epoch with a seeded generator, so no per-sample Python work runs in the loop.
+epoch with a seeded generator, so no per-sample Python work runs in the loop. Each batch is
+one call of the training step (step.py); on CUDA an epoch's full batches replay it as a
+captured graph (graphs.py).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -17,10 +20,11 @@ from tqdm import tqdm
 
 from torchrepro.core.errors import UserError
 from torchrepro.models.inference import EVAL_BATCH, loss_fn, predict
+from torchrepro.optim import Schedule
 from torchrepro.train import graphs
 from torchrepro.train.distributed import World
 from torchrepro.train.graphs import GraphedSteps
-from torchrepro.train.optim import Schedule
+from torchrepro.train.step import Step, Tallies
 
 CHUNK_BYTES = 8 << 20  # how much of the shuffled training set to gather at a time
 
@@ -64,39 +68,48 @@ class Trainer:
     schedule: Schedule | None = None
     world: World = World()
     shuffle: torch.Generator = field(init=False)
-    graphed: GraphedSteps | None | bool = field(init=False, default=False)  # False: not planned yet
+    step: Step = field(init=False)
 
     def __post_init__(self) -> None:
         self.loss = loss_fn(self.task)
+        device = self.train.x.device
         sample_bytes = self.train.x[:1].nbytes or 1
         self.chunk = max(1, CHUNK_BYTES // sample_bytes // self.batch_size) * self.batch_size
         # Its own generator, so the batch order does not depend on dropout's draws.
-        self.shuffle = torch.Generator(device=self.train.x.device).manual_seed(self.seed)
-        # What the training steps call: under several ranks, DDP's wrapper averages gradients.
-        self.step_model = self.model
+        self.shuffle = torch.Generator(device=device).manual_seed(self.seed)
+        model = self.model
         if self.world.size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            device_ids = [self.train.x.device] if self.train.x.is_cuda else None
-            self.step_model = DistributedDataParallel(self.model, device_ids=device_ids)
+            model = DistributedDataParallel(self.model, device_ids=[device] if device.type == "cuda" else None)
+        tallies = Tallies(self.steps_per_epoch, device, self.task == "classification")
+        self.step = Step(model, self.optimizer, self.loss, tallies)
 
     @property
     def steps_per_epoch(self) -> int:
         return -(-len(self.train) // self.batch_size)
 
+    @cached_property
+    def graphed(self) -> GraphedSteps | None:
+        """The epochs as CUDA graphs, or None for the eager loop. Decided once, at the first
+        epoch: the schedule is set by then, and a resume has restored the optimizer."""
+        x, y = self.train.x, self.train.y
+        return graphs.plan(self.step, x, y, self.shuffle, self.batch_size, self.schedule, self.world.size)
+
     def train_epoch(self, progress: tqdm | None = None) -> tuple[float, float | None]:
         """One pass over a fresh permutation; returns mean loss and accuracy (None for regression)."""
-        if self.graphed is False:  # planned at the first epoch: after a resume restored the state
-            self.graphed = graphs.plan(self)
+        self.step.tallies.zero()
         if self.graphed is not None:
-            return self.graphed.epoch(progress)
-        self.step_model.train()
-        n, device = len(self.train), self.train.x.device
-        perm = torch.randperm(n, generator=self.shuffle, device=device)
-        # Per-step results go into buffers on the device: one op each, no .item() sync.
-        losses = torch.zeros(self.steps_per_epoch, device=device)  # each batch's summed loss
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        step = 0
+            self.graphed.epoch(progress)
+        else:
+            self._eager_epoch(progress)
+        return self.step.tallies.means(len(self.train), self.world)
+
+    def _eager_epoch(self, progress: tqdm | None) -> None:
+        self.step.model.train()
+        n = len(self.train)
+        perm = torch.randperm(n, generator=self.shuffle, device=self.train.x.device)
+        at = 0
         for chunk_start in range(0, n, self.chunk):
             # Gather a chunk of whole batches at once; the batches inside are views of it.
             # Chunks bound the extra memory (a full copy of 60,000 images would be 188 MB).
@@ -105,29 +118,14 @@ class Trainer:
             for start in range(0, len(index), self.batch_size):
                 end = min(start + self.batch_size, len(index))
                 lo, hi = self.world.part(start, end)
-                xb, yb = x[lo:hi], y[lo:hi]
-                out = self.step_model(xb)
-                loss = self.loss(out, yb) if len(yb) else out.sum() * 0.0
-                summed = loss.detach() * len(yb)
-                if self.world.size > 1:
-                    # DDP averages gradients over the ranks: weighting each rank's mean by its
-                    # share of the batch makes that average the whole batch's mean loss.
-                    loss = loss * (len(yb) * self.world.size / (end - start))
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
+                # DDP averages gradients over the ranks: weighting each rank's mean by its
+                # share of the batch makes that average the whole batch's mean loss.
+                self.step(x[lo:hi], y[lo:hi], at, weight=(hi - lo) * self.world.size / (end - start))
                 if self.schedule is not None:
                     self.schedule.after_batch()
-                losses[step] = summed
-                if self.task == "classification":
-                    correct += (out.argmax(1) == yb).sum()
-                step += 1
+                at += 1
                 if progress is not None:
                     progress.update(1)
-        mean_loss = self.world.sum(losses).sum().item() / n
-        if self.task == "classification":
-            return mean_loss, self.world.sum(correct).item() / n
-        return mean_loss, None
 
     def snapshot(self, history: list[dict]) -> dict:
         """Everything needed to continue exactly where this epoch ended: weights, optimizer,

@@ -26,12 +26,11 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from torchrepro.core.errors import DataError, ParamsError
+from torchrepro.core.errors import DataError, ParamsError, warn
 from torchrepro.core.io import bytes_digest, write_bytes
 from torchrepro.models.checkpoint import safe_load, to_bytes
 
@@ -52,10 +51,6 @@ def interval_from_env() -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raise ParamsError(f"{INTERVAL_ENV}={text!r}: expected seconds, a number >= 0")
     return seconds
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
 
 
 def read_header(path: Path) -> tuple[dict[str, Any], bytes]:

@@ -5,6 +5,10 @@ the other keys of `train` are its keyword options. `train.scheduler` names a cla
 torch.optim.lr_scheduler (step, exponential, cosine, onecycle, ...) with its options. Options
 are checked against the class's signature, then by torch itself on a stand-in parameter, so
 a bad value fails before any data is read.
+
+Below both stages that use it: validate checks every experiment's options by building them
+here on a stand-in, and train builds them here for real, so what validate accepts is what
+train runs.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from torch import nn
 from torch.optim import lr_scheduler
 
-from torchrepro.core.errors import ParamsError
+from torchrepro.core.errors import ParamsError, first_error, first_line
 from torchrepro.core.params import Named, Train
 
 # Classes that do not fit a plain loop of step() calls over every parameter.
@@ -104,9 +108,9 @@ def _check_types(cls: type, options: dict[str, Any], key: str, what: str) -> Non
         try:
             types[name].validate_json(json.dumps(value), strict=True)
         except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(map(str, (name, *first["loc"])))
-            raise ParamsError(f"{key}.{where}: {first['msg']} for {what} {cls.__name__} (got {value!r})") from None
+            first = first_error(error)
+            where = ".".join(map(str, (name, *first.loc)))
+            raise ParamsError(f"{key}.{where}: {first.message} for {what} {cls.__name__} (got {value!r})") from None
 
 
 def _trial_step(optimizer: torch.optim.Optimizer, key: str) -> None:
@@ -117,9 +121,8 @@ def _trial_step(optimizer: torch.optim.Optimizer, key: str) -> None:
     # AssertionError: how torch.optim reports capturable=True on a device that cannot capture;
     # OverflowError: an integer option too large for the kernels (eps: 10**30)
     except (RuntimeError, ValueError, TypeError, AssertionError, OverflowError) as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise ParamsError(
-            f"{key}: {type(optimizer).__name__} cannot take a step with these options: {reason}"
+            f"{key}: {type(optimizer).__name__} cannot take a step with these options: {first_line(error)}"
         ) from None
 
 
@@ -287,8 +290,7 @@ def _simulate(cls: type, options: dict, optimizer: torch.optim.Optimizer, steps:
                     )
     except (ValueError, TypeError, KeyError, IndexError, ZeroDivisionError, OverflowError) as error:
         when = f" at step {step}" if step else ""
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise ParamsError(f"{key}: {cls.__name__} fails{when}: {reason}") from None
+        raise ParamsError(f"{key}: {cls.__name__} fails{when}: {first_line(error)}") from None
 
 
 def check(cfg: Train, key: str = "train", device: torch.device | None = None) -> None:
