@@ -1,11 +1,13 @@
-"""The evaluate stage: a trained model on its test split. dvclive writes the summary,
-metrics/<experiment>/evaluate/metrics.json; predictions/<experiment>.csv holds the
+"""The evaluate stage: a trained model on its test split. The summary goes to
+metrics/<experiment>/evaluate/metrics.json (dvclive's format); predictions/<experiment>.csv holds the
 (actual, predicted) pairs behind it. Metrics are computed with numpy: no scikit-learn
 import (1.2 s) in every evaluate stage.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +16,6 @@ import torch
 from torchrepro.core import determinism
 from torchrepro.core.devices import resolve_device
 from torchrepro.core.io import rounded, write_text
-from torchrepro.core.live import open_live, restored_on_failure
 from torchrepro.core.params import Params
 from torchrepro.models.checkpoint import load_model
 from torchrepro.models.inference import loss_fn, predict
@@ -179,10 +180,7 @@ def run(params: Params, experiment: str) -> dict[str, Any]:
 
 
 def log_summary(directory, metrics: dict[str, Any]) -> None:
-    """The metrics as dvclive's summary, metrics.json. Set as a whole, not metric by metric:
-    dvclive splits names at slashes, and class names such as "T-shirt/top" have them.
-    dvclive writes in place: a write that fails (a full disk) puts the previous files back."""
-    with restored_on_failure(directory):
-        live = open_live(directory)
-        live.summary.update(metrics)
-        live.make_summary()
+    """The metrics as `metrics.json`, in dvclive's summary format (4-space indent, keys in
+    order, a trailing newline), which `dvc metrics` reads. One file written once needs no
+    logger: opening dvclive would cost the stage a second (its import and DVC's repository)."""
+    write_text(Path(directory) / "metrics.json", json.dumps(metrics, indent=4) + "\n")

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from torchrepro.core.errors import warn
 from torchrepro.core.io import atomic_dir
 
 # dvclive's next_step rewrites metrics.json and fsyncs a step marker for DVC's VS Code extension:
@@ -93,7 +93,7 @@ def restored_on_failure(directory: str | Path) -> Iterator[None]:
         try:
             _put_back(directory, recorded_by_dvc(directory) | before)
         except OSError as error:  # the run's own error is the one to report
-            print(f"warning: {directory}: the previous files could not be put back ({error})", file=sys.stderr)
+            warn(f"{directory}: the previous files could not be put back ({error})")
         raise
 
 
@@ -135,10 +135,9 @@ def recorded_by_dvc(directory: Path) -> dict[str, bytes]:
     try:
         return _from_cache(inside, where)
     except Exception as error:  # the run failed already: say how to get the files back, go on
-        print(
-            f"warning: {directory}: DVC removed the previous files before the run and its cache does not hold "
-            f"them ({error}); `git checkout -- {directory}` restores the committed ones",
-            file=sys.stderr,
+        warn(
+            f"{directory}: DVC removed the previous files before the run and its cache does not hold "
+            f"them ({error}); `git checkout -- {directory}` restores the committed ones"
         )
         return {}
 

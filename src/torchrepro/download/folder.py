@@ -30,7 +30,7 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import Field, model_validator
 
-from torchrepro.core.errors import DataError
+from torchrepro.core.errors import DataError, warn
 from torchrepro.core.io import read_json, require_regular_file, write_json
 from torchrepro.download.images import SUFFIXES, Color, TooManyPixels, read_pixels
 from torchrepro.download.sources import Options, Table, _class_sort_key, _load_npy, register_source
@@ -301,10 +301,9 @@ class ImageFolderSource:
             np.save(raw_dir / "is_test.npy", np.asarray(layout.is_test, bool)[kept])
         write_json(raw_dir / "index.json", _index(options, layout, len(labels)))
         if layout.skipped:
-            print(
-                f"warning: {root}: skipped {len(layout.skipped)} of {len(layout.skipped) + len(labels)} files "
-                f"(skip_bad: true), listed in the download's index.json; the first: {layout.skipped[0]['reason']}",
-                file=sys.stderr,
+            warn(
+                f"{root}: skipped {len(layout.skipped)} of {len(layout.skipped) + len(labels)} files "
+                f"(skip_bad: true), listed in the download's index.json; the first: {layout.skipped[0]['reason']}"
             )
 
     @staticmethod
