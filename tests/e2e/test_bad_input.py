@@ -83,25 +83,33 @@ def shell_launcher(params: dict) -> None:
     params["launcher"] = "touch pwned; python"  # DVC runs `${launcher} stages/train.py ...` in a shell
 
 
+# Each case runs `dvc repro` in a real repo (about 5 s); tests/test_fuzz.py checks every bad
+# param in-process, so the default suite keeps three here and the rest run with -m slow.
+SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize(
     "edit, key, says",
     [
-        (rename_lr, "experiments.iris_mlp.train.lrr", "unknown key"),
-        (unknown_model, "experiments.iris_mlp.model.name", "unknown model 'mlpp'"),
-        (zero_epochs, "experiments.iris_mlp.train.epochs", "greater than or equal to 1"),
-        (top_level_typo, "devise", "unknown key"),
-        (optimizer_option, "experiments.iris_mlp.train.momentum", "optimizer Adam's options"),
-        (undefined_dataset, "experiments.iris_mlp.dataset", "unknown dataset 'fashion-mnist'"),
-        (shell_launcher, "launcher", "no shell syntax"),
-    ],
-    ids=[
-        "typo-key",
-        "unknown-model",
-        "zero-epochs",
-        "top-level-typo",
-        "optimizer-option",
-        "undefined-dataset",
-        "shell-launcher",
+        pytest.param(rename_lr, "experiments.iris_mlp.train.lrr", "unknown key", id="typo-key"),
+        pytest.param(
+            unknown_model, "experiments.iris_mlp.model.name", "unknown model 'mlpp'", id="unknown-model", marks=SLOW
+        ),
+        pytest.param(
+            zero_epochs, "experiments.iris_mlp.train.epochs", "greater than or equal to 1", id="zero-epochs", marks=SLOW
+        ),
+        pytest.param(top_level_typo, "devise", "unknown key", id="top-level-typo", marks=SLOW),
+        pytest.param(
+            optimizer_option, "experiments.iris_mlp.train.momentum", "optimizer Adam's options", id="optimizer-option"
+        ),
+        pytest.param(
+            undefined_dataset,
+            "experiments.iris_mlp.dataset",
+            "unknown dataset 'fashion-mnist'",
+            id="undefined-dataset",
+            marks=SLOW,
+        ),
+        pytest.param(shell_launcher, "launcher", "no shell syntax", id="shell-launcher"),
     ],
 )
 def test_bad_param_stops_at_validate_with_the_key_and_loses_nothing(workspace, reproduced, edit, key, says):

@@ -9,6 +9,8 @@ import re
 import shutil
 import signal
 
+import pytest
+
 from .test_resume import LONG_RUN, wait_for_checkpoint
 
 # Hydra, which parses `dvc exp run -S`, refuses a second `=` in an unquoted value: a space instead.
@@ -17,6 +19,7 @@ EPOCHS = 20  # of 50 steps: seconds under two ranks, long enough to be killed af
 RUN = {**LONG_RUN, "epochs": EPOCHS}
 
 
+@pytest.mark.slow  # 20 epochs under torchrun, killed and resumed: tests/test_distributed.py runs two ranks by default
 def test_torchrun_trains_and_a_killed_launch_resumes_to_the_same_bytes(reproduced, tmp_path):
     killed, reference = reproduced.copy(tmp_path / "killed"), reproduced.copy(tmp_path / "reference")
     for repo in (killed, reference):

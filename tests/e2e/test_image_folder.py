@@ -125,6 +125,7 @@ def test_predict_and_export_take_rgb_images(images, tmp_path):
     assert "shape (N, 3, 32, 32)" in exported.stdout and "logits for classes blue, red" in exported.stdout
 
 
+@pytest.mark.slow  # a second dvc repro of the colour chain
 def test_adding_an_image_reruns_only_its_folder(images, tmp_path):
     repo = images.copy(tmp_path / "repo")
     Image.fromarray(colour_image(np.random.default_rng(2), 0)).save(repo / COLOURS / "red" / "new.png")

@@ -29,7 +29,9 @@ def assert_as_reproduced(repo, reproduced) -> None:
         assert repo.digest(rel) == reproduced.digest(rel), rel
 
 
-@pytest.mark.parametrize("command", [("repro",), ("exp", "run")], ids=["repro", "exp-run"])
+@pytest.mark.parametrize(
+    "command", [("repro",), pytest.param(("exp", "run"), marks=pytest.mark.slow)], ids=["repro", "exp-run"]
+)
 def test_a_forced_rerun_trains_again_to_the_same_bytes(workspace, reproduced, command):
     """`dvc repro -f` checks that training reproduces: the finished run's resume checkpoint is
     still there, but DVC has recorded that run, so the stage trains every epoch again."""
