@@ -19,7 +19,7 @@ from torchrepro.models.nets import MODELS, count_parameters, create_model
 from torchrepro.normalize import store
 
 from conftest import tiny_params_dict
-from test_fuzz import run_entry, snapshot
+from test_fuzz import assert_one_error, run_entry, snapshot
 
 TINY = {"twolayernet": {"hidden_size": 8}, "mlp": {"hidden_sizes": [8], "activation": "tanh"}}
 IMAGE, TABULAR = [1, 28, 28], [3]
@@ -142,15 +142,6 @@ def test_untrained_experiment_is_an_error(tmp_path, capsys):
 
 def export_cli(root, experiment: str, *extra: str) -> list[str]:
     return ["-m", "torchrepro.export", "--params", str(root / "params.yaml"), "--experiment", experiment, *extra]
-
-
-def assert_one_error(outcome, says: str) -> None:
-    """Exit status 2, one `error:` line saying `says`, nothing else: no traceback, no warning."""
-    assert outcome.escaped is None, outcome.escaped
-    assert outcome.code == 2, (outcome.code, outcome.err)
-    assert outcome.err.startswith("error: ") and outcome.err.count("\n") == 1, outcome.err
-    assert says in outcome.err, outcome.err
-    assert outcome.out == "" and outcome.warned == []
 
 
 def test_a_damaged_model_json_is_one_error_and_nothing_is_written(tmp_path):

@@ -222,6 +222,15 @@ def run_entry(argv: list[str], cwd: Path) -> Outcome:
     return Outcome(code, out.getvalue(), err.getvalue(), escaped, [str(w.message) for w in warned])
 
 
+def assert_one_error(outcome, says: str) -> None:
+    """Exit status 2, one `error:` line saying `says`, nothing else: no traceback, no warning."""
+    assert outcome.escaped is None, outcome.escaped
+    assert outcome.code == 2, (outcome.code, outcome.err)
+    assert outcome.err.startswith("error: ") and outcome.err.count("\n") == 1, outcome.err
+    assert says in outcome.err, outcome.err
+    assert outcome.out == "" and outcome.warned == []
+
+
 def snapshot(root: Path) -> dict[str, str]:
     """Every file under root, as relative path -> SHA-256 of its bytes."""
     return {

@@ -26,7 +26,7 @@ from torchrepro.normalize import prepare, store
 from torchrepro.train import stage
 
 from conftest import blob_csv_source, blob_table, tiny_params_dict
-from test_fuzz import build_project, run_entry, snapshot
+from test_fuzz import assert_one_error, build_project, run_entry, snapshot
 
 N_DIGITS = 12  # test digits rendered as files
 LINE_Y = np.array([1.0, 1.3, 3.1, 2.0, 5.0, 6.3, 6.6, 7.4, 8.0, 9.0])
@@ -329,15 +329,6 @@ def broken_copy(pristine, tmp_path, breaks=lambda root: None):
     shutil.copytree(pristine, root, symlinks=True)
     breaks(root)
     return root, snapshot(root)
-
-
-def assert_one_error(outcome, says: str) -> None:
-    """Exit status 2, one `error:` line saying `says`, nothing else: no traceback, no warning."""
-    assert outcome.escaped is None, outcome.escaped
-    assert outcome.code == 2, (outcome.code, outcome.err)
-    assert outcome.err.startswith("error: ") and outcome.err.count("\n") == 1, outcome.err
-    assert says in outcome.err, outcome.err
-    assert outcome.out == "" and outcome.warned == []
 
 
 @pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
