@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shlex
-import shutil
+import subprocess
+import tarfile
 
 from .conftest import PROJECT, Repo
 
@@ -23,9 +25,12 @@ def test_an_edit_and_its_headline_metric_fit_120_columns(tmp_path):
     param edited and the metrics files as its rerun would leave them."""
     repo = Repo(tmp_path / "repo")
     repo.root.mkdir()
-    for rel in ("dvc.yaml", "dvc.lock", "params.yaml", "metrics"):
-        copy = shutil.copytree if (PROJECT / rel).is_dir() else shutil.copy2
-        copy(PROJECT / rel, repo / rel)
+    committed_files = subprocess.run(  # HEAD's files, not a working tree an earlier command rewrote
+        ["git", "archive", "HEAD", "dvc.yaml", "dvc.lock", "params.yaml", "metrics"],
+        cwd=PROJECT, capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    with tarfile.open(fileobj=io.BytesIO(committed_files)) as archive:
+        archive.extractall(repo.root, filter="data")
     repo.git("init", "-q", "-b", "main")
     repo.dvc("init", "-q")
     repo.commit("the project's metrics")
