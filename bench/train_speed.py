@@ -146,10 +146,11 @@ def ours(recipe: dict, work: Path, epochs: int, device: str, seed: int, mode: st
     from torchrepro.core import determinism
     from torchrepro.core.devices import resolve_device
     from torchrepro.core.params import Train
+    from torchrepro.models.inference import Split
     from torchrepro.models.nets import create_model
     from torchrepro.normalize import store
     from torchrepro.optim import make_optimizer
-    from torchrepro.train.loop import Split, Trainer, fit, seed_everything
+    from torchrepro.train.loop import Trainer, fit, seed_everything
 
     dev = resolve_device(device)
     determinism.apply(mode, dev)  # as the train stage does
@@ -160,8 +161,8 @@ def ours(recipe: dict, work: Path, epochs: int, device: str, seed: int, mode: st
     trainer = Trainer(
         model,
         make_optimizer(model.parameters(), cfg, dev),
-        Split.from_numpy(data.x_train, data.y_train, dev),
-        Split.from_numpy(data.x_test, data.y_test, dev),
+        Split.from_numpy(data.x_train, data.y_train, dev, data.meta),
+        Split.from_numpy(data.x_test, data.y_test, dev, data.meta),
         "classification",
         cfg.batch_size,
         seed,

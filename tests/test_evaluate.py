@@ -10,12 +10,12 @@ from torchrepro import evaluate
 from torchrepro.core.errors import DataError
 from torchrepro.core.params import Train, parse_params
 from torchrepro.download.sources import Table
-from torchrepro.models.inference import predict
+from torchrepro.models.inference import Split, predict
 from torchrepro.models.nets import create_model
 from torchrepro.normalize import prepare, store
 from torchrepro.optim import make_optimizer
 from torchrepro.train import stage
-from torchrepro.train.loop import Split, Trainer, fit, seed_everything
+from torchrepro.train.loop import Trainer, fit, seed_everything
 
 from test_fuzz import run_entry, snapshot
 

@@ -350,18 +350,19 @@ def put_in(outer: str, key: str, value) -> Callable[[dict], object]:
     return lambda d: d[outer].__setitem__(key, copy.deepcopy(value))
 
 
-def edit_npz(dataset: str, split: str, edit: Callable[[dict], dict]) -> Break:
-    """Rewrite a processed split and record its new digest in meta.json, as a writer with a
-    bug (or an attacker) could: the digest passes, the content must still be checked."""
+def edit_npy(dataset: str, split: str, edit: Callable[[dict], dict]) -> Break:
+    """Rewrite a processed split's arrays ({"x": ..., "y": ...}) and record their new digests in
+    meta.json, as a writer with a bug (or an attacker) could: the digests pass, the content
+    must still be checked."""
 
     def apply(root: Path) -> None:
         folder = root / "processed" / dataset
-        with np.load(folder / split) as npz:
-            arrays = edit(dict(npz))
-        with open(folder / split, "wb") as f:
-            np.savez(f, **arrays)
+        arrays = {name: np.load(folder / f"{name}_{split}.npy") for name in ("x", "y")}
         meta = json.loads((folder / "meta.json").read_text())
-        meta["sha256"][split] = hashlib.sha256((folder / split).read_bytes()).hexdigest()
+        for name, array in edit(arrays).items():
+            path = folder / f"{name}_{split}.npy"
+            np.save(path, array, allow_pickle=True)
+            meta["sha256"][path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
         (folder / "meta.json").write_text(json.dumps(meta))
 
     return apply
@@ -839,65 +840,69 @@ PROCESSED = {
     "meta-mean-shape": (edit_json(META, put_in("normalize", "mean", [1, 2])), "normalize.mean: not numbers of the"),
     "meta-scale": (edit_json(META, put_in("normalize", "scale", -1)), "normalize.scale: Input should be greater"),
     "meta-n-train": (edit_json(META, put("n_train", 0)), "n_train: Input should be greater than or equal to 1"),
-    "npz-missing": (remove("processed/blobs/train.npz"), "train.npz: not found; run the normalize stage first"),
-    "npz-a-folder": (make_dir("processed/blobs/train.npz"), "train.npz: is a folder"),
-    "npz-flipped-byte": (flip_byte("processed/blobs/train.npz"), "train.npz: its SHA-256 does not match meta.json"),
-    "npz-truncated": (truncate("processed/blobs/train.npz", 100), "train.npz: its SHA-256 does not match"),
-    "npz-nan": (edit_npz("blobs", "train.npz", lambda z: z | {"x": z["x"] * np.nan}), "x holds NaN or infinity"),
-    "npz-inf-one": (
-        edit_npz(
+    "npy-missing": (remove("processed/blobs/x_train.npy"), "x_train.npy: not found; run the normalize stage first"),
+    "npy-a-folder": (make_dir("processed/blobs/y_train.npy"), "y_train.npy: is a folder"),
+    "npy-flipped-byte": (flip_byte("processed/blobs/x_train.npy"), "x_train.npy: its SHA-256 does not match meta.json"),
+    "npy-truncated": (truncate("processed/blobs/x_train.npy", 100), "x_train.npy: its SHA-256 does not match"),
+    "npy-nan": (edit_npy("blobs", "train", lambda z: {"x": z["x"] * np.nan}), "x_train.npy: x holds NaN or infinity"),
+    "npy-inf-one": (
+        edit_npy(
             "blobs",
-            "train.npz",
-            lambda z: (
-                z
-                | {"x": np.where(np.arange(z["x"].size).reshape(z["x"].shape) == 9, np.inf, z["x"]).astype(np.float32)}
-            ),
+            "train",
+            lambda z: {
+                "x": np.where(np.arange(z["x"].size).reshape(z["x"].shape) == 9, np.inf, z["x"]).astype(np.float32)
+            },
         ),
         "x holds NaN or infinity (example 2)",
     ),
-    "npz-label-high": (edit_npz("blobs", "train.npz", lambda z: z | {"y": z["y"] + 3}), "labels must be 0..2"),
-    "npz-label-negative": (edit_npz("blobs", "train.npz", lambda z: z | {"y": z["y"] - 1}), "labels must be 0..2"),
-    "npz-float64": (edit_npz("blobs", "train.npz", lambda z: z | {"x": z["x"].astype(np.float64)}), "x is float64"),
-    "npz-int-x": (edit_npz("blobs", "train.npz", lambda z: z | {"x": z["x"].astype(np.int32)}), "x is int32"),
-    "npz-float-labels": (edit_npz("blobs", "train.npz", lambda z: z | {"y": z["y"] * 1.0}), "y is float64"),
-    "npz-columns": (edit_npz("blobs", "train.npz", lambda z: z | {"x": z["x"][:, :2]}), "x is float32 (63, 2)"),
-    "npz-3d": (edit_npz("blobs", "train.npz", lambda z: z | {"x": z["x"][:, :, None]}), "x is float32 (63, 4, 1)"),
-    "npz-empty": (edit_npz("blobs", "train.npz", lambda z: {k: v[:0] for k, v in z.items()}), "0 examples, but"),
-    "npz-lengths": (edit_npz("blobs", "train.npz", lambda z: z | {"y": z["y"][:5]}), "63 inputs but 5 targets"),
-    "npz-scalars": (edit_npz("blobs", "train.npz", lambda z: {"x": np.float32(1), "y": np.int64(0)}), "no inputs"),
-    "npz-no-x": (edit_npz("blobs", "train.npz", lambda z: {"y": z["y"]}), "x is not a file in the archive"),
-    "npz-objects": (
-        edit_npz("blobs", "train.npz", lambda z: z | {"x": np.array([None] * 63, dtype=object)}),
-        "Object arrays cannot be loaded",
+    "npy-label-high": (edit_npy("blobs", "train", lambda z: {"y": z["y"] + 3}), "y_train.npy: labels must be 0..2"),
+    "npy-label-negative": (edit_npy("blobs", "train", lambda z: {"y": z["y"] - 1}), "labels must be 0..2"),
+    "npy-float64": (edit_npy("blobs", "train", lambda z: {"x": z["x"].astype(np.float64)}), "x is float64"),
+    "npy-int-x": (edit_npy("blobs", "train", lambda z: {"x": z["x"].astype(np.int32)}), "x is int32"),
+    "npy-float-labels": (edit_npy("blobs", "train", lambda z: {"y": z["y"] * 1.0}), "y_train.npy: y is float64"),
+    "npy-columns": (edit_npy("blobs", "train", lambda z: {"x": z["x"][:, :2]}), "x is float32 (63, 2)"),
+    "npy-3d": (edit_npy("blobs", "train", lambda z: {"x": z["x"][:, :, None]}), "x is float32 (63, 4, 1)"),
+    "npy-empty": (edit_npy("blobs", "train", lambda z: {k: v[:0] for k, v in z.items()}), "0 examples, but"),
+    "npy-lengths": (edit_npy("blobs", "train", lambda z: {"y": z["y"][:5]}), "5 targets for 63 inputs"),
+    "npy-scalars": (edit_npy("blobs", "train", lambda z: {"x": np.float32(1), "y": np.int64(0)}), "no targets"),
+    "npy-objects": (
+        edit_npy("blobs", "train", lambda z: {"x": np.array([None] * 63, dtype=object)}),
+        "x_train.npy: corrupt or truncated (Array can't be memory-mapped: Python objects in dtype.)",
     ),
 }
 for problem, (breaks, says) in PROCESSED.items():
-    case(f"processed-{problem}@train", TRAIN, breaks, says, subprocess=problem == "npz-label-high")
+    case(f"processed-{problem}@train", TRAIN, breaks, says, subprocess=problem == "npy-label-high")
+case(
+    "processed-images-float32@train",
+    ["stages/train.py", "digits_mlp"],
+    edit_npy("digits", "train", lambda z: {"x": z["x"].astype(np.float32)}),
+    "x_train.npy: x is float32 (48, 1, 28, 28), expected uint8 (N, 1, 28, 28)",
+)
 for problem in ("meta-no-task", "meta-std-zero"):
     case(f"processed-{problem}@plot", ["stages/plot.py", "blobs_mlp"], *PROCESSED[problem])
 case(
     "processed-test-flipped-byte@plot",
     ["stages/plot.py", "blobs_mlp"],
-    flip_byte("processed/blobs/test.npz"),
-    "test.npz: its SHA-256 does not match meta.json",
+    flip_byte("processed/blobs/x_test.npy"),
+    "x_test.npy: its SHA-256 does not match meta.json",
 )
 case(
     "processed-test-labels@evaluate",
     EVALUATE,
-    edit_npz("blobs", "test.npz", lambda z: z | {"y": z["y"] + 5}),
-    "test.npz: labels must",
+    edit_npy("blobs", "test", lambda z: {"y": z["y"] + 5}),
+    "y_test.npy: labels must",
 )
 case(
     "processed-test-empty@evaluate",
     EVALUATE,
-    edit_npz("blobs", "test.npz", lambda z: {k: v[:0] for k, v in z.items()}),
-    "test.npz: 0 examples",
+    edit_npy("blobs", "test", lambda z: {k: v[:0] for k, v in z.items()}),
+    "x_test.npy: 0 examples",
 )
 case(
     "processed-regression-nan@evaluate",
     ["stages/evaluate.py", "line_linear"],
-    edit_npz("line", "test.npz", lambda z: z | {"y": z["y"] * np.nan}),
-    "test.npz: y holds NaN or infinity",
+    edit_npy("line", "test", lambda z: {"y": z["y"] * np.nan}),
+    "y_test.npy: y holds NaN or infinity",
 )
 
 # --- Trained models (evaluate, predict and export read them) ---------------------------------

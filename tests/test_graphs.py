@@ -10,10 +10,11 @@ import torch
 from torchrepro.core import determinism
 from torchrepro.core.params import Named, Train
 from torchrepro.models.checkpoint import to_bytes
+from torchrepro.models.inference import Split
 from torchrepro.models.nets import create_model
 from torchrepro.optim import make_optimizer, make_schedule
 from torchrepro.train import graphs
-from torchrepro.train.loop import Split, Trainer, fit, seed_everything
+from torchrepro.train.loop import Trainer, fit, seed_everything
 
 from conftest import blob_table
 

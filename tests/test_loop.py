@@ -10,11 +10,12 @@ from torch import nn
 
 from torchrepro.core.params import Named, Train
 from torchrepro.models.checkpoint import safe_load, to_bytes
-from torchrepro.models.inference import predict
+from torchrepro.models.inference import Split, predict
 from torchrepro.models.nets import create_model
+from torchrepro.normalize import prepare, store
 from torchrepro.optim import make_optimizer, make_schedule
 from torchrepro.train import loop
-from torchrepro.train.loop import Split, Trainer, TrainingDiverged, fit, seed_everything
+from torchrepro.train.loop import Trainer, TrainingDiverged, fit, seed_everything
 
 from conftest import ROOT, blob_table, regression_table
 
@@ -202,7 +203,7 @@ def test_cuda_trainer_equals_the_textbook_loop_on_the_device():
     def on_device() -> Trainer:
         cpu = make_trainer(seed=seed, cfg=cfg)
         model = cpu.model.to(device)
-        splits = [Split(s.x.to(device), s.y.to(device)) for s in (cpu.train, cpu.test)]
+        splits = [Split(s.x.to(device), s.y.to(device), device) for s in (cpu.train, cpu.test)]
         return Trainer(
             model, make_optimizer(model.parameters(), cfg, device), *splits, "classification", cfg.batch_size, seed
         )
@@ -216,6 +217,46 @@ def test_cuda_trainer_equals_the_textbook_loop_on_the_device():
         assert fast.is_cuda
         torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
     assert [row["train_loss"] for row in history] == pytest.approx(losses, rel=1e-5)
+
+
+@pytest.mark.parametrize("method", ["unit", "global"])
+def test_memory_mapped_and_in_memory_splits_train_the_same_bytes(tmp_path, digits, method, monkeypatch):
+    """Stored uint8 pixels, gathered a few batches at a time from a memory map or from memory,
+    give the model that the float32 inputs normalized at once give, byte for byte."""
+    prepared = prepare.prepare(digits, 0.2, 0, method)
+    store.save(prepared, tmp_path / "data")
+    monkeypatch.setattr(loop, "CHUNK_BYTES", 3 * 8 * 28 * 28 * 4)  # 3 batches of 8 float32 inputs per gather
+    cfg = Train(optimizer="adam", lr=0.01, batch_size=8)
+
+    def trained(train: Split, test: Split) -> bytes:
+        seed_everything(5)
+        model = create_model("twolayernet", [1, 28, 28], 10, hidden_size=16)
+        trainer = Trainer(model, make_optimizer(model.parameters(), cfg, CPU), train, test, "classification", 8, 5)
+        assert trainer.chunk == 24
+        fit(trainer, 2, progress=False)
+        return state_bytes(trainer)
+
+    def from_store(mmap: bool) -> bytes:
+        data = store.load(tmp_path / "data", mmap=mmap)
+        assert isinstance(data.x_train, np.memmap) == mmap and data.x_train.dtype == np.uint8
+        splits = [
+            Split.from_numpy(x, y, CPU, data.meta)
+            for x, y in [(data.x_train, data.y_train), (data.x_test, data.y_test)]
+        ]
+        return trained(*splits)
+
+    # What the float32 store held: the whole split normalized at once, in float32.
+    norm = prepared.meta["normalize"]
+
+    def as_float32(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float32) / np.float32(255)
+        return (x - np.float32(norm["mean"])) / np.float32(norm["std"])
+
+    floats = trained(
+        Split.from_numpy(as_float32(prepared.x_train), prepared.y_train, CPU),
+        Split.from_numpy(as_float32(prepared.x_test), prepared.y_test, CPU),
+    )
+    assert from_store(mmap=True) == from_store(mmap=False) == floats
 
 
 def test_evaluate_reports_loss_and_accuracy_in_eval_mode():

@@ -21,6 +21,7 @@ from test_checkpoint import NOT_REGULAR, deadline, not_regular
 from torchrepro import predict
 from torchrepro.core.params import parse_params
 from torchrepro.download.sources import Table, image_table
+from torchrepro.models.inference import Split
 from torchrepro.models.inference import predict as forward
 from torchrepro.normalize import prepare, store
 from torchrepro.train import stage
@@ -104,10 +105,10 @@ def split_digits(project) -> tuple[np.ndarray, np.ndarray]:
     when the normalized test split is fed to it directly, as the evaluate stage does."""
     _, params = project
     data = store.load(params.paths.processed_dir("digits"))
-    norm = data.meta["normalize"]
-    pixels = np.rint((data.x_test[:, 0] * norm["std"] + norm["mean"]) / norm["scale"]).astype(np.uint8)
     model, info = predict.load_trained(params, "digits_twolayernet")
-    direct = forward(model, torch.from_numpy(data.x_test)).argmax(1).numpy()
+    test = Split.from_numpy(data.x_test, data.y_test, torch.device("cpu"), data.meta)
+    direct = forward(model, test).argmax(1).numpy()
+    pixels = data.x_test[:, 0]  # stored as they are
     return pixels[:N_DIGITS], np.asarray(info["classes"])[direct[:N_DIGITS]]
 
 

@@ -1,10 +1,18 @@
 import numpy as np
 import pytest
+import torch
 
 from torchrepro.core.errors import DataError
 from torchrepro.core.params import parse_params
 from torchrepro.download.sources import Table
+from torchrepro.models.inference import Pixels, Split
 from torchrepro.normalize import prepare, store
+
+
+def inputs(prepared: store.Prepared, split: str = "test") -> np.ndarray:
+    """What the network is fed for a prepared split: stored pixels normalized as a batch is."""
+    x, y = getattr(prepared, f"x_{split}"), getattr(prepared, f"y_{split}")
+    return Split.from_numpy(x, y, torch.device("cpu"), prepared.meta).take(slice(None))[0].numpy()
 
 
 def labelled(y: list[int] | np.ndarray) -> Table:
@@ -134,9 +142,10 @@ def test_global_on_images_scales_to_unit_range_then_standardizes_with_one_scalar
     assert norm["mean"] == pytest.approx(pixels.mean(), rel=1e-6)
     assert norm["std"] == pytest.approx(pixels.std(), rel=1e-6)
     assert prepared.x_train.shape == (48, 1, 28, 28) and prepared.x_test.shape == (12, 1, 28, 28)
-    assert prepared.x_train.dtype == np.float32 and prepared.y_train.dtype == np.int64
+    assert prepared.x_train.dtype == np.uint8 and prepared.y_train.dtype == np.int64  # pixels, as they came
+    np.testing.assert_array_equal(prepared.x_test[:, 0], digits.x[test])
     expected = (digits.x[test].astype(np.float64) / 255 - norm["mean"]) / norm["std"]
-    np.testing.assert_allclose(prepared.x_test[:, 0], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(inputs(prepared)[:, 0], expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(prepared.y_test, digits.y[test])
 
 
@@ -155,7 +164,7 @@ def test_apply_on_raw_inputs_matches_prepare(kind, method, digits, regression):
     prepared = prepare.prepare(table, 0.2, 3, method)
     _, test = prepare.split_indices(table, 0.2, 3)
     again = store.apply(table.x[test], prepared.meta)
-    np.testing.assert_allclose(again.reshape(prepared.x_test.shape), prepared.x_test, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(again.reshape(prepared.x_test.shape), inputs(prepared), rtol=1e-5, atol=1e-5)
     assert again.dtype == np.float32
 
 
@@ -186,8 +195,8 @@ def test_unit_on_images_is_pixels_over_255_without_standardizing(digits):
     prepared = prepare.prepare(digits, 0.2, 0, "unit")
     _, test = prepare.split_indices(digits, 0.2, 0)
     assert prepared.meta["normalize"] == {"method": "unit", "scale": 1 / 255, "mean": 0.0, "std": 1.0}
-    np.testing.assert_allclose(prepared.x_test[:, 0], digits.x[test] / 255, rtol=1e-6)
-    assert prepared.x_train.min() >= 0 and prepared.x_train.max() <= 1
+    np.testing.assert_allclose(inputs(prepared)[:, 0], digits.x[test] / 255, rtol=1e-6)
+    assert inputs(prepared, "train").min() >= 0 and inputs(prepared, "train").max() <= 1
 
 
 def test_unit_on_tables_maps_the_training_range_to_zero_one(regression):
@@ -198,7 +207,7 @@ def test_unit_on_tables_maps_the_training_range_to_zero_one(regression):
 
 def test_none_on_images_keeps_pixels_0_to_255(digits):
     prepared = prepare.prepare(digits, 0.2, 0, "none")
-    assert prepared.meta["normalize"]["scale"] == 1.0 and prepared.x_train.max() == 250
+    assert prepared.meta["normalize"]["scale"] == 1.0 and inputs(prepared, "train").max() == 250
 
 
 def test_per_feature_on_images_standardizes_each_pixel(digits):
@@ -234,6 +243,31 @@ def test_per_feature_on_images_divides_no_pixel_by_less_than_the_global_std(digi
     assert std.min() == pytest.approx(overall, rel=1e-6)
     bright = (x[train] / 255).std(axis=0) > overall  # the row bands the classes light
     np.testing.assert_allclose(std[bright], (x[train] / 255).std(axis=0)[bright], rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["none", "unit", "global", "per_feature"])
+@pytest.mark.parametrize("channels", [(), (3,)], ids=["gray", "rgb"])
+def test_a_batch_is_normalized_to_the_bits_of_the_whole_split_in_float32(method, channels):
+    """Pixels become inputs a batch at a time on the device; each of every pixel's 256 values
+    gives the float32 that normalizing the whole split at once (pixels / 255, minus the mean,
+    over the std, each in float32) gives: the models are those the float32 store made."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (300, *channels, 6, 5), dtype=np.uint8)
+    pixels[:256] = np.arange(256, dtype=np.uint8).reshape(256, *[1] * (len(channels) + 2))
+    table = Table(
+        x=pixels, y=np.arange(300) % 2, task="classification", feature_names=[], target_name="c", classes=["a", "b"]
+    )
+    prepared = prepare.prepare(table, None, 0, method)
+    norm = prepared.meta["normalize"]
+    whole = pixels.astype(np.float32)
+    if method != "none":
+        whole /= np.float32(255)
+    whole -= np.asarray(norm["mean"], np.float32)
+    whole /= np.asarray(norm["std"], np.float32)
+    pixels_fn = Pixels.from_meta(norm, torch.device("cpu"))
+    stored = torch.from_numpy(prepared.x_train)
+    batches = torch.cat([pixels_fn(stored[i : i + 64]) for i in range(0, 300, 64)]).numpy()
+    np.testing.assert_array_equal(batches.reshape(whole.shape).view(np.uint32), whole.view(np.uint32))
 
 
 @pytest.mark.parametrize(("name", "method"), [("digits", "unit"), ("line", "per_feature")])

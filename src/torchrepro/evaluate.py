@@ -18,7 +18,7 @@ from torchrepro.core.devices import resolve_device
 from torchrepro.core.io import rounded, write_text
 from torchrepro.core.params import Params
 from torchrepro.models.checkpoint import load_model
-from torchrepro.models.inference import loss_fn, predict
+from torchrepro.models.inference import Split, loss_fn, predict
 from torchrepro.normalize import store
 
 DECIMALS = 6  # metrics are rounded so `dvc metrics diff` shows changes, not float noise
@@ -152,7 +152,8 @@ def run(params: Params, experiment: str) -> dict[str, Any]:
     model, info = load_model(paths.model_dir(experiment), device, experiment)
     # The training split is only needed for the least-squares reference of a regression.
     data = store.load(paths.processed_dir(exp.dataset), train=info["task"] == "regression")
-    out = predict(model, torch.from_numpy(data.x_test).to(device))
+    test = Split.from_numpy(data.x_test, data.y_test, device, data.meta)
+    out = predict(model, test)
     loss = loss_fn(info["task"])(out, torch.from_numpy(data.y_test).to(device)).item()
     if info["task"] == "classification":
         pred = out.argmax(1).cpu().numpy()

@@ -237,7 +237,7 @@ def run(params: Params, experiment: str) -> None:
             figures["confusion.png"] = confusion_heatmap(actual, predicted, meta["classes"], experiment)
             live.log_sklearn_plot("confusion_matrix", actual, predicted, name="confusion_matrix.json")
             if meta["kind"] == "image":
-                pixels = store.unapply(data.x_test, meta)
+                pixels = data.x_test  # uint8 (N, C, H, W), as stored
                 pixels = pixels[:, 0] if pixels.shape[1] == 1 else pixels.transpose(0, 2, 3, 1)  # (N, H, W[, 3])
                 digits = "pixels" not in meta["normalize"]  # an image folder's images are not MNIST digits
                 figures["misclassified.png"] = misclassified_grid(pixels, actual, predicted, digits=digits)

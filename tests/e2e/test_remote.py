@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 OUTPUTS = (
-    "data/processed/iris/train.npz",
+    "data/processed/iris/x_train.npy",
     "data/processed/line5/meta.json",
     "models/iris_mlp/model.pt",
     "models/linreg_line5/model.pt",

@@ -1,6 +1,9 @@
-"""Split a Table into train/test and scale it with statistics from the training split only.
+"""Split a Table into train/test and find the scaling from the training split only.
 
-No torch here: the stage must start fast. The result goes to the store (store.py).
+Tables are scaled here and stored as float32. Images are stored as their uint8 pixels, a
+quarter of the bytes; the scaling found here is applied a batch at a time where they are used
+(models/inference.py), by the same float32 operations. No torch here: the stage must start
+fast. The result goes to the store (store.py).
 """
 
 from __future__ import annotations
@@ -66,6 +69,15 @@ def statistics(x_train: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray
     return offset, np.where(divisor > 0, divisor, 1.0)
 
 
+def scaled_pixels(pixels: np.ndarray, scale: float) -> np.ndarray:
+    """uint8 pixels as float32 inputs before the statistics: pixels / 255, or as they are for
+    `none` (scale 1). The same float32 division a training batch makes (models/inference.py)."""
+    x = pixels.astype(np.float32)
+    if scale != 1.0:
+        x /= np.float32(255)
+    return x
+
+
 def prepare(table: Table, test_size: float | None, seed: int, method: str, stratify: bool = True) -> Prepared:
     """Split, then scale: images to [0, 1] first (except with method 'none'), then by the
     training split's statistics for `method` (none, unit, global, per_feature)."""
@@ -78,16 +90,16 @@ def prepare(table: Table, test_size: float | None, seed: int, method: str, strat
     train, test = split_indices(table, test_size, seed, stratify)
     image = table.kind == "image"
     scale = 1 / 255 if image and method != "none" else 1.0
-    # Images in float32 and in place: 70,000 of them in float64 would take 440 MB.
-    # Statistics are accumulated in float64 either way.
-    x = table.x.astype(np.float32 if image else np.float64)
-    if scale != 1.0:
-        x /= np.float32(255)
-    offset, divisor = statistics(x[train], method)
-    x -= offset.astype(x.dtype)
-    x /= divisor.astype(x.dtype)
-    if image and x.ndim == 3:
-        x = x[:, None, :, :]  # (N, 1, H, W): one channel, as convolutions expect; RGB is (N, 3, H, W)
+    if image:  # uint8 pixels, stored as they are
+        pixels = table.x[train]
+        if method in ("global", "per_feature"):  # statistics of the float32 inputs the model is fed
+            pixels = scaled_pixels(pixels, scale)
+        offset, divisor = statistics(pixels, method)
+        x = table.x[:, None] if table.x.ndim == 3 else table.x  # (N, 1, H, W): one channel; RGB is (N, 3, H, W)
+    else:
+        x = table.x.astype(np.float64)  # tables are small: scaled here, in float64, stored as float32
+        offset, divisor = statistics(x[train], method)
+        x = ((x - offset) / divisor).astype(np.float32)
     y_dtype = np.int64 if table.task == "classification" else np.float32
     meta = {
         "task": table.task,
@@ -103,9 +115,9 @@ def prepare(table: Table, test_size: float | None, seed: int, method: str, strat
         "split": _describe_split(table, test_size, stratify),
     }
     return Prepared(
-        x[train].astype(np.float32, copy=False),
+        x[train],
         table.y[train].astype(y_dtype, copy=False),
-        x[test].astype(np.float32, copy=False),
+        x[test],
         table.y[test].astype(y_dtype, copy=False),
         meta,
     )

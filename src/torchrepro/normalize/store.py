@@ -1,15 +1,18 @@
 """The processed-data store: what the normalize stage writes and every later stage reads.
 
-In data/processed/<dataset>/:
-  train.npz, test.npz  x float32 (N, C, H, W) images or (N, F) tabular; y int64 or float32
-  meta.json            task, classes, feature names, the normalization and the SHA-256 of
-                       both .npz files, checked on every load so damage is never trained on
-No torch here; the arrays load with allow_pickle=False.
+In data/processed/<dataset>/, one plain .npy file per array, so that it can be memory-mapped:
+  x_train.npy, x_test.npy  images: their uint8 pixels (N, C, H, W), normalized a batch at a time
+                           where they are used (models/inference.py); tables: (N, F) float32,
+                           normalized here
+  y_train.npy, y_test.npy  int64 class indices or float32 regression targets
+  meta.json                task, classes, feature names, the normalization and the SHA-256 of
+                           each .npy file, checked on every load so damage is never trained on
+No torch here; the arrays load with allow_pickle=False, memory-mapped unless asked otherwise:
+a split costs page cache, which the kernel can drop, not the process's own memory.
 """
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,7 +24,8 @@ from torchrepro.core.description import Description, check_description
 from torchrepro.core.errors import DataError
 from torchrepro.core.io import atomic_dir, file_digest, read_json, write_json
 
-SPLITS = ("train.npz", "test.npz")
+FILES = ("x_train.npy", "y_train.npy", "x_test.npy", "y_test.npy")
+X_DTYPE = {"image": np.uint8, "tabular": np.float32}  # how each kind of input is stored
 Count = Annotated[int, Field(ge=1)]
 
 
@@ -35,7 +39,8 @@ class Meta(Description):
 
 @dataclass
 class Prepared:
-    """A normalized train/test split plus what is needed to normalize new inputs."""
+    """A train/test split as stored (uint8 pixels or normalized features) plus what is needed
+    to normalize inputs: the meta's `normalize`."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -47,21 +52,23 @@ class Prepared:
 def save(prepared: Prepared, out_dir: str | Path) -> None:
     """Write the processed dataset directory atomically, with the digests of its arrays."""
     with atomic_dir(out_dir) as tmp:
-        np.savez(tmp / "train.npz", x=prepared.x_train, y=prepared.y_train)
-        np.savez(tmp / "test.npz", x=prepared.x_test, y=prepared.y_test)
-        digests = {name: file_digest(tmp / name) for name in SPLITS}
+        arrays = (prepared.x_train, prepared.y_train, prepared.x_test, prepared.y_test)
+        for name, array in zip(FILES, arrays):
+            np.save(tmp / name, array, allow_pickle=False)
+        digests = {name: file_digest(tmp / name) for name in FILES}
         write_json(tmp / "meta.json", prepared.meta | {"sha256": digests})
 
 
-def load(data_dir: str | Path, train: bool = True) -> Prepared:
-    """Read a processed dataset directory, checking each array file against meta.json's digest;
-    never unpickles anything. With train=False the training split is left on disk (empty
-    arrays): evaluating 10,000 images need not hold 60,000."""
+def load(data_dir: str | Path, train: bool = True, mmap: bool = True) -> Prepared:
+    """Read a processed dataset directory, checking each array file against meta.json's digest
+    (read in blocks, never a whole split at once); never unpickles anything. The arrays are
+    memory-mapped copy-on-write (nothing writes to them) unless mmap=False. With train=False
+    the training split is left on disk (empty arrays)."""
     data_dir = Path(data_dir)
     meta = _load_meta(data_dir / "meta.json")
-    empty = (np.empty((0,), np.float32), np.empty((0,), np.int64))
-    x_train, y_train = _load_npz(data_dir / "train.npz", meta) if train else empty
-    x_test, y_test = _load_npz(data_dir / "test.npz", meta)
+    empty = (np.empty((0,), np.uint8), np.empty((0,), np.int64))
+    x_train, y_train = _load_split(data_dir, "train", meta, mmap) if train else empty
+    x_test, y_test = _load_split(data_dir, "test", meta, mmap)
     return Prepared(x_train, y_train, x_test, y_test, meta)
 
 
@@ -79,7 +86,16 @@ def _load_meta(path: Path) -> dict[str, Any]:
     return check_description(meta, path, Meta, _restore_hint(path))
 
 
-def _load_npz(path: Path, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def _load_split(data_dir: Path, split: str, meta: dict[str, Any], mmap: bool) -> tuple[np.ndarray, np.ndarray]:
+    x, y = (_load_npy(data_dir / f"{name}_{split}.npy", meta, mmap) for name in ("x", "y"))
+    if (problem := _array_problem(x, y, meta, split)) is not None:
+        name, what = problem
+        path = data_dir / f"{name}_{split}.npy"
+        raise DataError(f"{path}: {what}; {_restore_hint(path)}")
+    return x, y
+
+
+def _load_npy(path: Path, meta: dict[str, Any], mmap: bool) -> np.ndarray:
     try:
         actual = file_digest(path)
     except FileNotFoundError:
@@ -89,38 +105,35 @@ def _load_npz(path: Path, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]
     if actual != meta["sha256"].get(path.name):
         raise DataError(f"{path}: its SHA-256 does not match meta.json: the file is damaged; {_restore_hint(path)}")
     try:
-        # Our own handle: np.load leaks the one it opens when the zip is damaged (BadZipFile).
-        with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
-            x, y = npz["x"], npz["y"]
-    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        return np.load(path, mmap_mode="c" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
         raise DataError(f"{path}: corrupt or truncated ({error})") from None
-    if (problem := _array_problem(x, y, meta, path.name)) is not None:
-        raise DataError(f"{path}: {problem}; {_restore_hint(path)}")
-    return x, y
 
 
-def _array_problem(x: np.ndarray, y: np.ndarray, meta: dict[str, Any], name: str) -> str | None:
-    """What is wrong with a split's arrays against meta.json, or None. The digest says the file
-    is the one normalize wrote; this says it holds what the later stages can use."""
-    shape, n = tuple(meta["input_shape"]), meta["n_train" if name == "train.npz" else "n_test"]
+def _array_problem(x: np.ndarray, y: np.ndarray, meta: dict[str, Any], split: str) -> tuple[str, str] | None:
+    """Which array of a split ("x" or "y") is wrong against meta.json and how, or None. The
+    digest says the file is the one normalize wrote; this says it holds what the later stages
+    can use."""
+    shape, n = tuple(meta["input_shape"]), meta[f"n_{split}"]
     classification = meta["task"] == "classification"
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
-        return f"{len(x) if x.ndim else 'no'} inputs but {len(y) if y.ndim else 'no'} targets"
-    if x.dtype != np.float32 or x.shape[1:] != shape or x.ndim != 1 + len(shape):
-        return f"x is {x.dtype} {x.shape}, expected float32 (N, {', '.join(map(str, shape))})"
+        return "y", f"{len(y) if y.ndim else 'no'} targets for {len(x) if x.ndim else 'no'} inputs"
+    x_dtype = np.dtype(X_DTYPE[meta["kind"]])
+    if x.dtype != x_dtype or x.shape[1:] != shape or x.ndim != 1 + len(shape):
+        return "x", f"x is {x.dtype} {x.shape}, expected {x_dtype} (N, {', '.join(map(str, shape))})"
     want = np.int64 if classification else np.float32
     if y.dtype != want or y.shape != (len(x),):
-        return f"y is {y.dtype} {y.shape}, expected {np.dtype(want)} ({len(x)},)"
+        return "y", f"y is {y.dtype} {y.shape}, expected {np.dtype(want)} ({len(x)},)"
     if len(x) != n:
-        return f"{len(x)} examples, but meta.json says {n}"
+        return "x", f"{len(x)} examples, but meta.json says {n}"
     # A float64 sum needs no array the size of x, and is finite exactly when every value is.
-    if not np.isfinite(np.add.reduce(x.reshape(-1), dtype=np.float64)):
+    if x_dtype != np.uint8 and not np.isfinite(np.add.reduce(x.reshape(-1), dtype=np.float64)):
         row = int(np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(1))[0])
-        return f"x holds NaN or infinity (example {row})"
+        return "x", f"x holds NaN or infinity (example {row})"
     if classification and (y.min() < 0 or y.max() >= len(meta["classes"])):
-        return f"labels must be 0..{len(meta['classes']) - 1} (one per class), found {y.min()}..{y.max()}"
+        return "y", f"labels must be 0..{len(meta['classes']) - 1} (one per class), found {y.min()}..{y.max()}"
     if not classification and not np.isfinite(y).all():
-        return "y holds NaN or infinity"
+        return "y", "y holds NaN or infinity"
     return None
 
 

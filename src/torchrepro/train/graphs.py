@@ -25,6 +25,7 @@ from torchrepro.train.step import Step
 if TYPE_CHECKING:
     from tqdm import tqdm
 
+    from torchrepro.models.inference import Split
     from torchrepro.optim import Schedule
 
 ENV = "TORCHREPRO_CUDA_GRAPHS"
@@ -55,41 +56,38 @@ def why_not(
 
 
 def plan(
-    step: Step,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    shuffle: torch.Generator,
-    batch_size: int,
-    schedule: Schedule | None,
-    world_size: int,
+    step: Step, split: Split, shuffle: torch.Generator, batch_size: int, schedule: Schedule | None, world_size: int
 ) -> GraphedSteps | None:
     """GraphedSteps for training on CUDA where the step allows it; None (and one line why) otherwise."""
-    if not x.is_cuda:
+    if split.device.type != "cuda":
         return None
-    reason = why_not(step.optimizer, schedule, world_size, len(y) // batch_size)
+    reason = why_not(step.optimizer, schedule, world_size, len(split) // batch_size)
+    if reason is None and not split.x.is_cuda:
+        reason = "the training split is larger than the device can hold, and is copied a chunk at a time"
     if reason is not None:
         print(f"note: CUDA graphs off, the eager loop runs: {reason}", file=sys.stderr)
         return None
-    return GraphedSteps(step, x, y, shuffle, batch_size)
+    return GraphedSteps(step, split, shuffle, batch_size)
 
 
 class GraphedSteps:
     """The training step on a full batch captured as a CUDA graph, replayed over an epoch."""
 
-    def __init__(self, step: Step, x: torch.Tensor, y: torch.Tensor, shuffle: torch.Generator, batch_size: int):
-        self.step, self.x, self.y, self.shuffle, self.batch_size = step, x, y, shuffle, batch_size
-        self.full_steps, self.steps = len(y) // batch_size, -(-len(y) // batch_size)
+    def __init__(self, step: Step, split: Split, shuffle: torch.Generator, batch_size: int):
+        self.step, self.split, self.shuffle, self.batch_size = step, split, shuffle, batch_size
+        self.full_steps, self.steps = len(split) // batch_size, -(-len(split) // batch_size)
         # Static buffers: the graph reads and writes these addresses on every replay.
-        self.perm = torch.empty(len(y), dtype=torch.long, device=x.device)
-        self.offsets = torch.arange(batch_size, device=x.device)
-        self.at = torch.zeros((), dtype=torch.long, device=x.device)  # the batch the captured step takes
+        device = split.device
+        self.perm = torch.empty(len(split), dtype=torch.long, device=device)
+        self.offsets = torch.arange(batch_size, device=device)
+        self.at = torch.zeros((), dtype=torch.long, device=device)  # the batch the captured step takes
         self.graph: torch.cuda.CUDAGraph | None = None
         self.warmed = 0
 
     def _step(self) -> None:
         """The training step on batch `self.at` of the permutation, all on the device."""
         index = self.perm[self.offsets + self.at * self.batch_size]
-        self.step(self.x[index], self.y[index], self.at)
+        self.step(*self.split.take(index), self.at)
         self.at += 1
 
     def _capture(self) -> None:
@@ -102,7 +100,7 @@ class GraphedSteps:
     def epoch(self, progress: tqdm | None = None) -> None:
         """One pass over a fresh permutation into the step's tallies, as the eager loop makes it."""
         self.step.model.train()
-        torch.randperm(len(self.y), generator=self.shuffle, device=self.perm.device, out=self.perm)
+        torch.randperm(len(self.split), generator=self.shuffle, device=self.perm.device, out=self.perm)
         self.at.zero_()
         done = 0
         while self.graph is None and done < self.full_steps:
@@ -125,6 +123,6 @@ class GraphedSteps:
                 progress.update(1)
         if self.full_steps < self.steps:  # the last, shorter batch, eagerly
             index = self.perm[self.full_steps * self.batch_size :]
-            self.step(self.x[index], self.y[index], self.full_steps)
+            self.step(*self.split.take(index), self.full_steps)
             if progress is not None:
                 progress.update(1)

@@ -1,7 +1,8 @@
-"""The training loop: the whole split lives on the device as tensors and is shuffled once per
-epoch with a seeded generator, so no per-sample Python work runs in the loop. Each batch is
-one call of the training step (step.py); on CUDA an epoch's full batches replay it as a
-captured graph (graphs.py).
+"""The training loop: the split is shuffled once per epoch with a seeded generator and
+gathered a chunk of whole batches at a time, so no per-sample Python work runs in the loop and
+memory does not grow with the dataset (models/inference.py's Split: a memory map on the CPU,
+the device's memory on CUDA). Each batch is one call of the training step (step.py); on CUDA an
+epoch's full batches replay it as a captured graph (graphs.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from torchrepro.core.errors import UserError
-from torchrepro.models.inference import EVAL_BATCH, loss_fn, predict
+from torchrepro.models.inference import EVAL_BATCH, Split, loss_fn, predict
 from torchrepro.optim import Schedule
 from torchrepro.train import graphs
 from torchrepro.train.distributed import World
@@ -40,21 +41,6 @@ def seed_everything(seed: int) -> None:
 
 
 @dataclass
-class Split:
-    """One split as tensors on the training device."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-
-    @classmethod
-    def from_numpy(cls, x: np.ndarray, y: np.ndarray, device: torch.device) -> Split:
-        return cls(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-
-@dataclass
 class Trainer:
     """A model, its optimizer (and schedule) and its data on one device: all an epoch needs."""
 
@@ -72,9 +58,8 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self.loss = loss_fn(self.task)
-        device = self.train.x.device
-        sample_bytes = self.train.x[:1].nbytes or 1
-        self.chunk = max(1, CHUNK_BYTES // sample_bytes // self.batch_size) * self.batch_size
+        device = self.train.device
+        self.chunk = max(1, CHUNK_BYTES // self.train.input_bytes // self.batch_size) * self.batch_size
         # Its own generator, so the batch order does not depend on dropout's draws.
         self.shuffle = torch.Generator(device=device).manual_seed(self.seed)
         model = self.model
@@ -93,8 +78,7 @@ class Trainer:
     def graphed(self) -> GraphedSteps | None:
         """The epochs as CUDA graphs, or None for the eager loop. Decided once, at the first
         epoch: the schedule is set by then, and a resume has restored the optimizer."""
-        x, y = self.train.x, self.train.y
-        return graphs.plan(self.step, x, y, self.shuffle, self.batch_size, self.schedule, self.world.size)
+        return graphs.plan(self.step, self.train, self.shuffle, self.batch_size, self.schedule, self.world.size)
 
     def train_epoch(self, progress: tqdm | None = None) -> tuple[float, float | None]:
         """One pass over a fresh permutation; returns mean loss and accuracy (None for regression)."""
@@ -108,13 +92,13 @@ class Trainer:
     def _eager_epoch(self, progress: tqdm | None) -> None:
         self.step.model.train()
         n = len(self.train)
-        perm = torch.randperm(n, generator=self.shuffle, device=self.train.x.device)
+        perm = torch.randperm(n, generator=self.shuffle, device=self.train.device)
         at = 0
         for chunk_start in range(0, n, self.chunk):
             # Gather a chunk of whole batches at once; the batches inside are views of it.
-            # Chunks bound the extra memory (a full copy of 60,000 images would be 188 MB).
+            # Chunks bound the extra memory (60,000 images as inputs would be 188 MB).
             index = perm[chunk_start : chunk_start + self.chunk]
-            x, y = self.train.x[index], self.train.y[index]
+            x, y = self.train.take(index)
             for start in range(0, len(index), self.batch_size):
                 end = min(start + self.batch_size, len(index))
                 lo, hi = self.world.part(start, end)
@@ -143,8 +127,8 @@ class Trainer:
         }
         if self.schedule is not None:
             state["scheduler"] = self.schedule.scheduler.state_dict()
-        if self.train.x.is_cuda:
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.train.x.device)
+        if self.train.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.train.device)
         return state
 
     def restore(self, state: dict) -> list[dict]:
@@ -159,13 +143,13 @@ class Trainer:
         name, keys, *rest = state["numpy_rng"]
         np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
         if "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], self.train.x.device)
+            torch.cuda.set_rng_state(state["cuda_rng"], self.train.device)
         return list(state["history"])
 
     @torch.no_grad()
     def evaluate(self, split: Split, batch_size: int = EVAL_BATCH) -> tuple[float, float | None]:
         """Mean loss and accuracy on a split, in eval mode (dropout off)."""
-        out = predict(self.model, split.x, batch_size)
+        out = predict(self.model, split, batch_size)
         loss = self.loss(out, split.y).item()
         if self.task != "classification":
             return loss, None

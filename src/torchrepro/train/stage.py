@@ -15,6 +15,7 @@ optimizer and the trainer), resume (from a killed run's checkpoint, if one fits)
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,12 @@ from torchrepro.core.io import file_digest, rounded, write_json
 from torchrepro.core.live import open_live, restored_on_failure
 from torchrepro.core.params import Experiment, Params, Paths
 from torchrepro.models.checkpoint import save_model
+from torchrepro.models.inference import Split
 from torchrepro.models.nets import count_parameters, create_model
 from torchrepro.normalize import store
 from torchrepro.optim import host_dependent, make_optimizer, make_schedule
 from torchrepro.train.distributed import World
-from torchrepro.train.loop import Split, Trainer, fit, seed_everything
+from torchrepro.train.loop import Trainer, fit, seed_everything
 from torchrepro.train.resume import ResumeStore, interval_from_env
 
 SNAPSHOT_LAYOUT = 3  # bump when Trainer.snapshot() changes: older resume files are then removed
@@ -118,14 +120,18 @@ def log_epoch(live, row: dict[str, float]) -> None:
 def run(params: Params, experiment: str, progress: bool = True) -> dict:
     """Train one experiment from params.yaml; writes its model, metrics and log. Returns the log."""
     world = World.from_env(params.launcher)
+    # A failure at any point, loading the data included, leaves the previous metrics: dvclive
+    # writes them in place while the run goes on, for `dvc exp show` to read live.
+    live_dir = params.paths.train_live_dir(experiment)
     try:
-        job = build(params, experiment, world)
-        history = resume(job)
-        if not world.is_main:  # rank 0 alone writes: the other ranks only train
-            fit(job.trainer, job.exp.train.epochs, history, None, progress=False)
-            return {}
-        resumed_from = len(history)
-        seconds = fit_and_save(job, history, progress)
+        with restored_on_failure(live_dir) if world.is_main else nullcontext():
+            job = build(params, experiment, world)
+            history = resume(job)
+            if not world.is_main:  # rank 0 alone writes: the other ranks only train
+                fit(job.trainer, job.exp.train.epochs, history, None, progress=False)
+                return {}
+            resumed_from = len(history)
+            seconds = fit_and_save(job, history, progress)
         return write_log(job, resumed_from, seconds)
     finally:
         world.stop()
@@ -148,8 +154,8 @@ def build(params: Params, experiment: str, world: World) -> Run:
     optimizer = make_optimizer(model.parameters(), exp.train, device, key=f"{key}.train")
     if params.determinism == "portable" and device.type == "cpu" and (why := host_dependent(optimizer)):
         warn(f"determinism: portable: {why}; results may differ between Intel and AMD CPUs")
-    train = Split.from_numpy(data.x_train, data.y_train, device)
-    test = Split.from_numpy(data.x_test, data.y_test, device)
+    train = Split.from_numpy(data.x_train, data.y_train, device, meta)
+    test = Split.from_numpy(data.x_test, data.y_test, device, meta)
     trainer = Trainer(model, optimizer, train, test, meta["task"], exp.train.batch_size, seed, world=world)
     trainer.schedule = make_schedule(optimizer, exp.train, trainer.steps_per_epoch, key=f"{key}.train")
 
@@ -192,21 +198,19 @@ def resume(job: Run) -> list[dict]:
 
 def fit_and_save(job: Run, history: list[dict], progress: bool) -> list[float]:
     """Train the remaining epochs, logging each to dvclive and checkpointing it for a resume,
-    then write the model. A failure leaves the previous metrics. Returns each epoch's seconds."""
+    then write the model. Returns each epoch's seconds."""
     experiment = job.identity.experiment
-    live_dir = job.paths.train_live_dir(experiment)
-    with restored_on_failure(live_dir):  # dvclive writes in place, for `dvc exp show` to read live
-        live = open_live(live_dir)
-        for row in history:  # replayed, so the files read as if the run had never stopped
-            log_epoch(live, row)
+    live = open_live(job.paths.train_live_dir(experiment))
+    for row in history:  # replayed, so the files read as if the run had never stopped
+        log_epoch(live, row)
 
-        def end_of_epoch(epoch: int, history: list[dict]) -> None:
-            log_epoch(live, history[-1])
-            job.checkpoints.save(job.trainer.snapshot(history), epoch)
+    def end_of_epoch(epoch: int, history: list[dict]) -> None:
+        log_epoch(live, history[-1])
+        job.checkpoints.save(job.trainer.snapshot(history), epoch)
 
-        history, seconds = fit(job.trainer, job.exp.train.epochs, history, end_of_epoch, progress)
-        live.end()
-        save_model(job.paths.model_dir(experiment), job.trainer.model, model_info(job))  # last: then the run is done
+    history, seconds = fit(job.trainer, job.exp.train.epochs, history, end_of_epoch, progress)
+    live.end()
+    save_model(job.paths.model_dir(experiment), job.trainer.model, model_info(job))  # last: then the run is done
     return seconds
 
 
