@@ -6,7 +6,7 @@ stages prepare the data, then `python stages/train.py <experiment>` runs once pe
 recipe and its maximum resident set size is read from the kernel (os.wait4), as
 `/usr/bin/time -v` reports it, next to that of `python -c "import torch"` on the same
 machine. The target: the stage's excess over that baseline stays under 3x the bytes of the
-training split (60,000 float32 images of 28x28 and their int64 labels).
+training split as stored (60,000 uint8 images of 28x28 and their int64 labels).
 
 Data: Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist), or the four
 Fashion-MNIST IDX files in --local-dir.
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from clone import IMAGE_EXPERIMENTS, env, fresh_clone, use_fashion_mnist  # bench/clone.py
 
-TRAIN_SPLIT_BYTES = 60_000 * 28 * 28 * 4 + 60_000 * 8  # float32 images, int64 labels
+TRAIN_SPLIT_BYTES = 60_000 * 28 * 28 + 60_000 * 8  # uint8 images, int64 labels
 
 
 def peak_mib(command: list[str], repo: Path) -> tuple[float, float]:

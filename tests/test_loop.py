@@ -8,13 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchrepro.core import determinism
 from torchrepro.core.params import Named, Train
 from torchrepro.models.checkpoint import safe_load, to_bytes
 from torchrepro.models.inference import Split, predict
 from torchrepro.models.nets import create_model
 from torchrepro.normalize import prepare, store
 from torchrepro.optim import make_optimizer, make_schedule
-from torchrepro.train import loop
+from torchrepro.train import graphs, loop
 from torchrepro.train.loop import Trainer, TrainingDiverged, fit, seed_everything
 
 from conftest import ROOT, blob_table, regression_table
@@ -257,6 +258,34 @@ def test_memory_mapped_and_in_memory_splits_train_the_same_bytes(tmp_path, digit
         Split.from_numpy(as_float32(prepared.x_test), prepared.y_test, CPU),
     )
     assert from_store(mmap=True) == from_store(mmap=False) == floats
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_split_too_large_for_the_device_streams_from_the_host_to_the_same_bytes(tmp_path, digits, monkeypatch):
+    """Eager on both sides (CUDA graphs need the split on the device), deterministic kernels."""
+    device = torch.device("cuda")
+    determinism.apply("portable", device)
+    monkeypatch.setenv(graphs.ENV, "0")
+    prepared = prepare.prepare(digits, 0.2, 0, "global")
+    store.save(prepared, tmp_path / "data")
+    data = store.load(tmp_path / "data")
+    cfg = Train(optimizer="sgd", lr=0.05, momentum=0.9, batch_size=8)
+
+    def trained() -> tuple[bytes, Split]:
+        train = Split.from_numpy(data.x_train, data.y_train, device, data.meta)
+        test = Split.from_numpy(data.x_test, data.y_test, device, data.meta)
+        seed_everything(5)
+        model = create_model("twolayernet", [1, 28, 28], 10, hidden_size=16).to(device)
+        trainer = Trainer(model, make_optimizer(model.parameters(), cfg, device), train, test, "classification", 8, 5)
+        fit(trainer, 2, progress=False)
+        return state_bytes(trainer), train
+
+    on_device, resident = trained()
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1024, 1 << 40))  # 1 KiB free
+    streamed, on_host = trained()
+    assert resident.x.is_cuda and not on_host.x.is_cuda and on_host.x.dtype == torch.uint8
+    assert streamed == on_device
 
 
 def test_evaluate_reports_loss_and_accuracy_in_eval_mode():
