@@ -79,8 +79,9 @@ def scaled_pixels(pixels: np.ndarray, scale: float) -> np.ndarray:
 
 
 def prepare(table: Table, test_size: float | None, seed: int, method: str, stratify: bool = True) -> Prepared:
-    """Split, then scale: images to [0, 1] first (except with method 'none'), then by the
-    training split's statistics for `method` (none, unit, global, per_feature)."""
+    """Split, then find the training split's statistics for `method` (none, unit, global,
+    per_feature). Tables are normalized here; images keep their uint8 pixels, and the meta's
+    `normalize` says how the device scales them (to [0, 1] unless 'none', then by the statistics)."""
     if table.task == "classification" and len(np.unique(table.y)) < 2:
         found = table.classes[int(table.y[0])] if table.classes and len(table.y) else "none"
         raise DataError(
