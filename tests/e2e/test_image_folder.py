@@ -156,6 +156,7 @@ def test_a_truncated_image_stops_the_download_naming_it(images, tmp_path):
     assert repo.read_json("data/raw/colours/index.json")["n_skipped"] == 1
 
 
+@pytest.mark.slow  # two trainings on 4,000 digits; tests/test_image_folder.py compares the processed bytes
 def test_mnist_5k_as_an_image_folder_trains_as_mnist_5k(reproduced, tmp_path):
     """All 5,000 digits written as PNG files, 500 per class, train as the mnist-5k source does:
     the same recipe reaches the same accuracy (within a point) on the same split."""
