@@ -26,7 +26,7 @@ STAGES = {
     ("train", "line_linear"): {"torchvision", "sklearn", "matplotlib"},
     ("evaluate", "digits_mlp"): {"torchvision", "sklearn", "matplotlib"},
     ("evaluate", "line_linear"): {"torchvision", "sklearn", "matplotlib"},
-    ("plot", "digits_mlp"): {"torch", "torchvision", "sklearn"},
+    ("plot", "digits_mlp"): {"torch", "torchvision", "sklearn", "dvclive"},
     ("plot", "--activations", "act.png"): {"torch", "torchvision", "sklearn", "dvclive"},
     ("report",): {"torch", "torchvision", "sklearn", "dvclive"},
 }

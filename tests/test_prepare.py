@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from torchrepro import predict
 from torchrepro.core.errors import DataError
 from torchrepro.core.params import parse_params
 from torchrepro.download.sources import Table
@@ -159,13 +160,14 @@ def test_meta_describes_the_dataset(digits):
 
 @pytest.mark.parametrize("method", ["none", "unit", "global", "per_feature"])
 @pytest.mark.parametrize("kind", ["image", "tabular"])
-def test_apply_on_raw_inputs_matches_prepare(kind, method, digits, regression):
+def test_predict_normalizes_raw_inputs_bit_for_bit_as_training_does(kind, method, digits, regression):
     table = digits if kind == "image" else regression
     prepared = prepare.prepare(table, 0.2, 3, method)
     _, test = prepare.split_indices(table, 0.2, 3)
-    again = store.apply(table.x[test], prepared.meta)
-    np.testing.assert_allclose(again.reshape(prepared.x_test.shape), inputs(prepared), rtol=1e-5, atol=1e-5)
-    assert again.dtype == np.float32
+    raw = table.x[test].astype(np.float64).reshape(prepared.x_test.shape)  # as predict reads them
+    again = predict.model_inputs(raw, prepared.meta)
+    assert again.dtype == torch.float32
+    np.testing.assert_array_equal(again.numpy(), inputs(prepared))
 
 
 def test_without_stratify_the_split_is_scikit_learns_plain_one():

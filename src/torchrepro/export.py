@@ -28,23 +28,34 @@ from torchrepro.core.errors import DataError, first_line, warn
 from torchrepro.core.io import require_regular_file, write_bytes
 from torchrepro.core.params import load_params
 from torchrepro.models.checkpoint import INFO_DIGEST, info_digest
+from torchrepro.models.inference import Pixels
 
 INFO_FILE = "model.json"  # the name of model.json inside the .pt2 archive
 
 
 class RawInputs(nn.Module):
-    """model((x * scale - mean) / std), as the data store's `apply` does, folded into x * a - b."""
+    """The model with its normalization in front. Pixels take the float32 steps training takes,
+    ((x / divisor) - mean) / std (models/inference.py's Pixels), so a training image gives the
+    logits evaluation gives; feature rows get the data store's (x - mean) / std, folded into
+    x * a - b."""
 
-    def __init__(self, model: nn.Module, norm: dict[str, Any]):
+    def __init__(self, model: nn.Module, norm: dict[str, Any], pixels: bool):
         super().__init__()
         self.model = model
-        # Folded in float64 and rounded once to float32: closest to normalize.apply's float64 math.
-        mean = torch.as_tensor(norm["mean"], dtype=torch.float64)
-        std = torch.as_tensor(norm["std"], dtype=torch.float64)
-        self.register_buffer("a", (norm["scale"] / std).float())  # () for images, (F,) for tables
-        self.register_buffer("b", (mean / std).float())
+        self.pixels = pixels
+        if pixels:
+            steps = Pixels.from_meta(norm, torch.device("cpu"))
+            for name in ("divisor", "mean", "std"):
+                self.register_buffer(name, getattr(steps, name))
+        else:  # folded in float64 and rounded once to float32: closest to the store's float64 math
+            mean = torch.as_tensor(norm["mean"], dtype=torch.float64)
+            std = torch.as_tensor(norm["std"], dtype=torch.float64)
+            self.register_buffer("a", (norm["scale"] / std).float())  # (F,)
+            self.register_buffer("b", (mean / std).float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pixels:
+            return self.model(x.div(self.divisor).sub(self.mean).div(self.std))
         return self.model(x * self.a - self.b)
 
 
@@ -55,7 +66,7 @@ def example_input(info: dict[str, Any], batch: int = 2) -> torch.Tensor:
 
 
 def with_normalization(model: nn.Module, info: dict[str, Any]) -> RawInputs:
-    return RawInputs(model, info["normalize"]).eval()
+    return RawInputs(model, info["normalize"], pixels=len(info["input_shape"]) == 3).eval()
 
 
 def export_program(wrapper: nn.Module, info: dict[str, Any]) -> torch.export.ExportedProgram:

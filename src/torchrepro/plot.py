@@ -1,14 +1,17 @@
-"""The plot stage: an experiment's figures with matplotlib (no torch), logged with dvclive.
+"""The plot stage: an experiment's figures with matplotlib (no torch).
 
 plots/<experiment>/plots/images/: learning curves, and a confusion-matrix heatmap and
 misclassified digits (classification) or the fitted line (regression); for classification
 also plots/<experiment>/plots/sklearn/confusion_matrix.json, drawn by DVC's confusion
-template. `activations` draws the activation functions the models offer.
+template. The layout and the bytes are those of dvclive's log_image and log_sklearn_plot;
+the stage writes them itself, as evaluate writes its metrics: opening dvclive would double
+the stage's start-up. `activations` draws the activation functions the models offer.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,6 @@ import numpy as np
 
 from torchrepro.core.errors import DataError
 from torchrepro.core.io import atomic_dir, atomic_path, read_json
-from torchrepro.core.live import open_live
 from torchrepro.core.params import Params
 from torchrepro.normalize import store
 
@@ -230,12 +232,11 @@ def run(params: Params, experiment: str) -> None:
                     f"{predictions_file}: {column}: {sorted(unknown)[0]!r} is not a class of {exp.dataset}; {rerun}"
                 )
     with atomic_dir(paths.plots_dir(experiment)) as out:
-        live = open_live(out)
         figures = {"learning_curves.png": learning_curves(history, experiment)}
         if meta["task"] == "classification":
             actual, predicted = predictions["actual"], predictions["predicted"]
             figures["confusion.png"] = confusion_heatmap(actual, predicted, meta["classes"], experiment)
-            live.log_sklearn_plot("confusion_matrix", actual, predicted, name="confusion_matrix.json")
+            confusion_pairs(out / "plots" / "sklearn" / "confusion_matrix.json", actual, predicted)
             if meta["kind"] == "image":
                 pixels = data.x_test  # uint8 (N, C, H, W), as stored
                 pixels = pixels[:, 0] if pixels.shape[1] == 1 else pixels.transpose(0, 2, 3, 1)  # (N, H, W[, 3])
@@ -245,5 +246,16 @@ def run(params: Params, experiment: str) -> None:
             # The points the line was fitted to, back in the CSV's units.
             x = store.unapply(data.x_train, meta)[:, 0]
             figures["fit.png"] = regression_fit(x, data.y_train, metrics, (meta["feature_names"][0], meta["target"]))
+        (out / "plots" / "images").mkdir(parents=True)
         for name, fig in figures.items():
-            live.log_image(name, fig)  # dvclive saves and closes the figure
+            fig.savefig(out / "plots" / "images" / name)  # matplotlib's defaults, as dvclive saves a figure
+            plt.close(fig)
+
+
+def confusion_pairs(path: Path, actual: list[str], predicted: list[str]) -> None:
+    """DVC's confusion template's data: one {"actual", "predicted"} record per prediction,
+    written as dvclive's log_sklearn_plot("confusion_matrix") writes it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump([{"actual": str(a), "predicted": str(p)} for a, p in zip(actual, predicted)], f, indent=4)
+        f.write("\n")

@@ -5,7 +5,8 @@ models) or a CSV of feature rows.
   python -m torchrepro.predict --experiment iris_mlp flowers.csv [--out predictions.txt]
 
 Inputs get exactly the normalization the model was trained with (model.json's
-`normalize`, via the data store's `apply`). A model trained on an image folder gets each
+`normalize`): pixels through the float32 steps training runs on the device, feature rows
+through the data store's `apply`, as the normalize stage made the training table. A model trained on an image folder gets each
 image as the folder's images were made (normalize.pixels: grayscale or RGB, resized). Other
 image models take digits, framed the way MNIST digits are: grayscale, light ink on a dark
 background, cropped to the ink, fitted into 20x20 and placed in 28x28 with the ink's center
@@ -214,6 +215,18 @@ def read_resized(path: str | Path, spec: dict[str, Any], max_pixels: int = MAX_P
     return pixels.reshape(-1, *spec["size"]).astype(np.float64)
 
 
+def model_inputs(raw: np.ndarray, info: dict[str, Any], device="cpu") -> torch.Tensor:
+    """Raw inputs as the network saw them in training and evaluation, bit for bit."""
+    import torch
+
+    from torchrepro.models.inference import Pixels
+
+    if is_image_model(info):
+        pixels = torch.from_numpy(raw.astype(np.float32)).to(device)  # whole numbers or float32 already: exact
+        return Pixels.from_meta(info["normalize"], torch.device(device))(pixels)
+    return torch.from_numpy(store.apply(raw, info)).to(device)
+
+
 def predict_raw(model: torch.nn.Module, info: dict[str, Any], raw: np.ndarray, device="cpu") -> list[dict[str, Any]]:
     """Predictions for raw inputs (pixels 0-255 as (N, C, H, W), or raw feature rows (N, F)):
     class and top-k probabilities for classification, the value for regression."""
@@ -221,8 +234,7 @@ def predict_raw(model: torch.nn.Module, info: dict[str, Any], raw: np.ndarray, d
 
     from torchrepro.models.inference import predict
 
-    x = torch.from_numpy(store.apply(raw, info)).to(device)
-    out = predict(model, x).cpu().double()
+    out = predict(model, model_inputs(raw, info, device)).cpu().double()
     if info["task"] != "classification":
         return [{"prediction": float(f"{v:.7g}")} for v in out[:, 0]]  # float32 holds ~7 digits
     probs = torch.softmax(out, dim=1)

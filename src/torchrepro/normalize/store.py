@@ -138,7 +138,8 @@ def _array_problem(x: np.ndarray, y: np.ndarray, meta: dict[str, Any], split: st
 
 
 def apply(x: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
-    """Normalize new raw inputs (pixels 0-255 or raw feature values) as the training data was."""
+    """Normalize new raw feature rows as prepare() normalized the training table. (Pixels are
+    normalized where training normalizes them: models/inference.py's Pixels.)"""
     norm = meta["normalize"]
     mean, std = np.asarray(norm["mean"]), np.asarray(norm["std"])
     return ((x.astype(np.float64) * norm["scale"] - mean) / std).astype(np.float32)
