@@ -53,6 +53,7 @@ def cache_files(repo) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow  # tests/test_faults.py fills the disk under the train stage's process by default
 def test_a_full_disk_during_training_loses_nothing(reproduced, small_disk):
     repo = reproduced.copy(small_disk / "repo")
     cache_before = cache_files(repo)

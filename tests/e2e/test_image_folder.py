@@ -137,6 +137,7 @@ def test_adding_an_image_reruns_only_its_folder(images, tmp_path):
     assert meta["n_train"] + meta["n_test"] == 49
 
 
+@pytest.mark.slow  # a second dvc repro; tests/test_image_folder.py refuses truncated images by default
 def test_a_truncated_image_stops_the_download_naming_it(images, tmp_path):
     repo = images.copy(tmp_path / "repo")
     bad = repo / COLOURS / "blue" / "000.png"
