@@ -6,11 +6,11 @@ models) or a CSV of feature rows.
 
 Inputs get exactly the normalization the model was trained with (model.json's
 `normalize`): pixels through the float32 steps training runs on the device, feature rows
-through the data store's `apply`, as the normalize stage made the training table. A model trained on an image folder gets each
-image as the folder's images were made (normalize.pixels: grayscale or RGB, resized). Other
-image models take digits, framed the way MNIST digits are: grayscale, light ink on a dark
-background, cropped to the ink, fitted into 20x20 and placed in 28x28 with the ink's center
-of mass at the center.
+through the data store's `apply`, as the normalize stage made the training table. A model
+trained on an image folder gets each image as the folder's images were made
+(normalize.pixels: grayscale or RGB, resized). Other image models take digits, framed the
+way MNIST digits are: grayscale, light ink on a dark background, cropped to the ink, fitted
+into 20x20 and placed in 28x28 with the ink's center of mass at the center.
 
 Inputs are read, predicted and written CHUNK_ROWS at a time, so memory does not grow with the
 number of rows or files. The output appears only complete: --out FILE is renamed into place
