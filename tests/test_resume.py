@@ -67,6 +67,38 @@ def test_finished_checkpoints_of_other_params_are_removed(tmp_path):
     assert not theirs.path.exists()  # finished: DVC's run-cache holds its results
 
 
+LINEAGE = {"params": {"lr": 0.1}, "seed": 0}
+
+
+def run_of(tmp_path, epochs: int, lineage: dict | None = LINEAGE) -> ResumeStore:
+    """The store of a run of `epochs` epochs of one lineage (its fingerprint differs by epochs)."""
+    return ResumeStore(tmp_path / "exp", dict(FINGERPRINT, epochs=epochs), epochs, lineage=lineage)
+
+
+def test_a_longer_run_continues_the_longest_shorter_run_of_its_lineage(tmp_path):
+    two, three = run_of(tmp_path, 2), run_of(tmp_path, 3)
+    two.save(state(2), epoch=2)  # finished
+    three.save(state(3), epoch=3)
+    longer = run_of(tmp_path, 5)
+    assert longer.load()["epoch"] == 3 and longer.loaded_from == three.path
+    assert two.path.exists()  # finished, but a longer run of its lineage may still continue it
+    assert not longer.path.exists()  # the continued run's own checkpoint is written as it trains
+
+
+def test_no_run_continues_one_of_another_lineage_or_one_as_long(tmp_path):
+    run_of(tmp_path, 3, lineage={"params": {"lr": 0.2}}).save(state(3), epoch=3)
+    run_of(tmp_path, 5).save(state(4), epoch=4)  # unfinished, as long as the run below
+    assert run_of(tmp_path, 4).load() is None
+    assert run_of(tmp_path, 6, lineage=None).load() is None  # None: continue no other run
+
+
+def test_finished_runs_no_longer_run_continues_are_removed(tmp_path):
+    five = run_of(tmp_path, 5)
+    five.save(state(5), epoch=5)
+    assert run_of(tmp_path, 4).load() is None
+    assert not five.path.exists()  # finished, and longer: DVC's run-cache holds its results
+
+
 @pytest.mark.parametrize("key", ["torch", "snapshot"])
 def test_checkpoints_no_run_can_use_are_removed(tmp_path, key):
     theirs = store(tmp_path, **{key: "other"})
@@ -77,7 +109,7 @@ def test_checkpoints_no_run_can_use_are_removed(tmp_path, key):
 
 def test_only_the_newest_unfinished_checkpoints_of_other_params_are_kept(tmp_path):
     others = []
-    for i in range(resume.KEEP_UNFINISHED + 2):
+    for i in range(resume.KEEP_OTHERS + 2):
         other = store(tmp_path, seed=100 + i)
         other.save(state(), epoch=1)
         os.utime(other.path, (1000 + i, 1000 + i))

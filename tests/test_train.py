@@ -126,6 +126,42 @@ def test_a_run_dvc_recorded_trains_again_to_the_same_bytes(tiny_params, monkeypa
     assert {p: p.read_bytes() for p in outputs} == expected
 
 
+def with_epochs(params_dict, experiment: str, epochs: int, scheduler: dict | None):
+    train = params_dict["experiments"][experiment]["train"]
+    train["epochs"] = epochs
+    if scheduler is not None:
+        train["scheduler"] = scheduler
+    return parse_params(params_dict)
+
+
+@pytest.mark.parametrize(
+    "scheduler, continued",
+    [
+        (None, True),
+        ({"name": "step", "step_size": 1, "gamma": 0.5}, True),  # the same schedule at any length
+        ({"name": "cosine"}, False),  # its T_max is the epoch count: a longer run has another schedule
+        ({"name": "onecycle"}, False),  # likewise its total_steps
+    ],
+)
+def test_more_epochs_continue_a_shorter_run_to_the_bytes_of_a_run_from_scratch(
+    tiny_params, params_dict, capsys, scheduler, continued
+):
+    experiment, paths = "digits_mlp", tiny_params.paths
+    stage.run(with_epochs(params_dict, experiment, 4, scheduler), experiment, progress=False)
+    outputs = [paths.model_dir(experiment) / "model.pt", *sorted(paths.train_live_dir(experiment).rglob("*.*"))]
+    from_scratch = {p: p.read_bytes() for p in outputs}
+    shutil.rmtree(paths.resume_dir(experiment))
+    for p in outputs:
+        p.unlink()
+
+    stage.run(with_epochs(params_dict, experiment, 2, scheduler), experiment, progress=False)
+    capsys.readouterr()
+    log = stage.run(with_epochs(params_dict, experiment, 4, scheduler), experiment, progress=False)
+    assert (log["resumed_from_epoch"], log["epochs_run"]) == ((2, 2) if continued else (0, 4))
+    assert ("continued a shorter run from its epoch 2" in capsys.readouterr().err) == continued
+    assert {p: p.read_bytes() for p in outputs} == from_scratch
+
+
 def test_a_damaged_resume_checkpoint_is_ignored_and_training_starts_over(tiny_params, monkeypatch, capsys):
     experiment, paths = "digits_mlp", tiny_params.paths
     real_epoch = dies_in_epoch(2, monkeypatch)

@@ -216,6 +216,7 @@ class Schedule:
     scheduler: Any
     per_batch: bool
     needs_metric: bool  # ReduceLROnPlateau: stepped with the epoch's test loss
+    options: dict[str, Any]  # as the scheduler got them, those filled in from train.epochs included
 
     def after_batch(self) -> None:
         if self.per_batch:
@@ -266,7 +267,7 @@ def make_schedule(
         scheduler = cls(optimizer, **options)
     except (ValueError, TypeError, KeyError, ZeroDivisionError) as error:
         raise ParamsError(f"{key}: {cls.__name__}: {error}") from None
-    return Schedule(scheduler, per_batch, needs_metric)
+    return Schedule(scheduler, per_batch, needs_metric, options)
 
 
 def _simulate(cls: type, options: dict, optimizer: torch.optim.Optimizer, steps: int, needs_metric: bool, key: str):

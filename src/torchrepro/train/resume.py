@@ -5,6 +5,11 @@ every DVC output so DVC's run-cache keeps working. Written atomically at the end
 epoch, the last epoch included: a kill after training but before DVC records the stage
 costs nothing, since the next run writes the outputs from the final checkpoint.
 
+A run of more epochs that is otherwise the same (the same lineage: every fingerprint key but
+the epoch count, the schedule's settings included) goes through the same states epoch by
+epoch, so with no checkpoint of its own it continues the longest shorter run's last one and
+ends with the bytes of a run from scratch: raising `epochs` trains only the epochs added.
+
 A finished checkpoint is used only while it is newer than dvc.lock: DVC rewrites dvc.lock
 each time it records a stage, even to the same content, so once it has recorded the run, a
 rerun (`dvc repro -f` above all) trains again. Any other write of dvc.lock since (another
@@ -17,7 +22,7 @@ torch.save archive. torch does not check its archive's CRCs, so the digest is wh
 damage; a damaged or mismatched checkpoint is ignored with a warning and training starts
 over. Checkpoints nobody can use any more are removed: damaged ones, those of another torch
 version or snapshot layout, finished ones of other params (DVC's run-cache holds their
-results), and all but the newest few unfinished ones.
+results) unless this run continues them, and all but the newest few of the others.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ FORMAT = "torchrepro-resume"
 # Seconds between resume checkpoints, from the environment: it cannot change results, so it is
 # no DVC param (editing it reruns nothing). 0: at the end of every epoch.
 INTERVAL_ENV = "TORCHREPRO_CHECKPOINT_EVERY_S"
-KEEP_UNFINISHED = 3  # checkpoints of other params kept for a return to them
+KEEP_OTHERS = 3  # checkpoints of other params kept for a return to them or a longer run
 
 
 def interval_from_env() -> float:
@@ -78,16 +83,20 @@ class ResumeStore:
         epochs: int,
         every_s: float = 0.0,
         lock_file: str | Path = "dvc.lock",
+        lineage: dict[str, Any] | None = None,
     ):
+        """`lineage`: what a shorter run must share with this one for this one to continue it
+        (see the module's docstring); None: continue no other run."""
         self.directory = Path(directory)
         self.lock_file = Path(lock_file)  # DVC's record, beside dvc.yaml, where DVC runs the stage
         # As plain JSON data: a str subclass such as torch.__version__ (TorchVersion) would be
         # pickled as its class, and weights_only loading then refuses the whole checkpoint.
         self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))
-        key = hashlib.sha256(json.dumps(self.fingerprint, sort_keys=True).encode()).hexdigest()[:16]
-        self.path = self.directory / f"{key}.pt"
+        self.path = self.directory / f"{_digest(self.fingerprint)[:16]}.pt"
+        self.lineage = None if lineage is None else _digest(lineage)
         self.epochs = epochs
         self.every_s = every_s
+        self.loaded_from: Path | None = None  # the file load() took its state from
         self._last_save = time.monotonic()
 
     def load(self, tidy: bool = True) -> dict[str, Any] | None:
@@ -96,7 +105,7 @@ class ResumeStore:
         if tidy:
             self._tidy()
         if not self.path.exists():
-            return None
+            return self._shorter_run()
         try:
             header, payload = read_header(self.path)
             state = safe_load(self.path, data=payload)
@@ -111,7 +120,41 @@ class ResumeStore:
             return None
         if header.get("epoch") == self.epochs and self._recorded():
             return None  # DVC has this run: training again is what was asked for
+        self.loaded_from = self.path
         return state
+
+    def _shorter_run(self) -> dict[str, Any] | None:
+        """The state of the longest shorter run of this lineage, at its last checkpoint, or None."""
+        best: tuple[int, Path, bytes] | None = None
+        for other in self._others():
+            try:
+                header, payload = read_header(other)
+            except (DataError, OSError):
+                continue  # the tidying warns of it
+            if self._continues(header) and (best is None or header["epoch"] > best[0]):
+                best = (header["epoch"], other, payload)
+        if best is None:
+            return None
+        try:
+            state = safe_load(best[1], data=best[2])
+        except DataError as error:
+            warn(f"ignoring resume checkpoint: {error}; starting over")
+            return None
+        self.loaded_from = best[1]
+        return state if isinstance(state, dict) else None
+
+    def _continues(self, header: dict[str, Any]) -> bool:
+        """Whether this run can continue the checkpoint of that header: a shorter run of its lineage."""
+        epoch = header.get("epoch")
+        return (
+            self.lineage is not None
+            and header.get("lineage") == self.lineage
+            and type(epoch) is int
+            and epoch < self.epochs
+        )
+
+    def _others(self) -> list[Path]:
+        return [p for p in self.directory.glob("*.pt") if p != self.path]
 
     def _recorded(self) -> bool:
         """Whether dvc.lock was written since the checkpoint was: DVC may have recorded its run.
@@ -124,10 +167,8 @@ class ResumeStore:
 
     def _tidy(self) -> None:
         """Remove the other checkpoints that no run can use any more."""
-        unfinished = []
-        for other in self.directory.glob("*.pt"):
-            if other == self.path:
-                continue
+        kept = []
+        for other in self._others():
             try:
                 header, _ = read_header(other)
             except (DataError, OSError) as error:
@@ -136,11 +177,11 @@ class ResumeStore:
                 continue
             theirs = header.get("fingerprint", {})
             stale = any(theirs.get(k) != self.fingerprint.get(k) for k in ("torch", "snapshot"))
-            if stale or header.get("epoch") == header.get("epochs"):
+            if stale or (header.get("epoch") == header.get("epochs") and not self._continues(header)):
                 other.unlink(missing_ok=True)
             else:
-                unfinished.append(other)
-        for old in sorted(unfinished, key=lambda p: p.stat().st_mtime)[:-KEEP_UNFINISHED]:
+                kept.append(other)
+        for old in sorted(kept, key=lambda p: p.stat().st_mtime)[:-KEEP_OTHERS]:
             old.unlink(missing_ok=True)
 
     def save(self, state: dict[str, Any], epoch: int) -> bool:
@@ -154,9 +195,14 @@ class ResumeStore:
             "format": FORMAT,
             "sha256": bytes_digest(payload),
             "fingerprint": self.fingerprint,
+            "lineage": self.lineage,
             "epoch": epoch,
             "epochs": self.epochs,
         }
         write_bytes(self.path, json.dumps(header, sort_keys=True).encode() + b"\n" + payload)
         self._last_save = time.monotonic()
         return True
+
+
+def _digest(data: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()

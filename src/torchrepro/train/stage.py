@@ -81,6 +81,13 @@ class Identity:
             "world_size": self.world_size,  # the ranks' slices sum in another order: other bytes
         }
 
+    def lineage(self, schedule: dict[str, Any] | None) -> dict[str, Any]:
+        """The fingerprint less the epoch count, plus the scheduler's options as torch got them
+        (T_max, total_steps: some come from the epoch count). Runs of one lineage go through the
+        same states epoch by epoch: a longer one may continue a shorter one's last checkpoint."""
+        train = {k: v for k, v in self.params["train"].items() if k != "epochs"}
+        return {**self.fingerprint(), "params": {**self.params, "train": train}, "schedule": schedule}
+
     def recipe(self) -> dict[str, Any]:
         """What model.json says of how its weights were made: the same on every host."""
         return {
@@ -169,8 +176,13 @@ def build(params: Params, experiment: str, world: World) -> Run:
         device=device,
         world_size=world.size,
     )
+    schedule = trainer.schedule.options if trainer.schedule is not None else None
     checkpoints = ResumeStore(
-        paths.resume_dir(experiment), identity.fingerprint(), exp.train.epochs, interval_from_env()
+        paths.resume_dir(experiment),
+        identity.fingerprint(),
+        exp.train.epochs,
+        interval_from_env(),
+        lineage=identity.lineage(schedule),
     )
     return Run(identity, exp, meta, trainer, world, settings, paths, checkpoints)
 
@@ -188,10 +200,9 @@ def resume(job: Run) -> list[dict]:
     if (state := job.checkpoints.load(tidy=world.is_main)) is not None:
         history = job.trainer.restore(state)
         if world.is_main:
-            print(
-                f"{job.identity.experiment}: resumed from epoch {len(history)} ({job.checkpoints.path})",
-                file=sys.stderr,
-            )
+            source = job.checkpoints.loaded_from
+            how = "resumed from epoch" if source == job.checkpoints.path else "continued a shorter run from its epoch"
+            print(f"{job.identity.experiment}: {how} {len(history)} ({source})", file=sys.stderr)
     world.agree(len(history), "the epoch to resume from")
     return history
 
