@@ -124,23 +124,19 @@ class ResumeStore:
         return state
 
     def _shorter_run(self) -> dict[str, Any] | None:
-        """The state of the longest shorter run of this lineage, at its last checkpoint, or None."""
-        best: tuple[int, Path, bytes] | None = None
-        for other in self._others():
-            try:
-                header, payload = read_header(other)
-            except (DataError, OSError):
-                continue  # the tidying warns of it
-            if self._continues(header) and (best is None or header["epoch"] > best[0]):
-                best = (header["epoch"], other, payload)
-        if best is None:
+        """The state of the longest shorter run of this lineage, at its last checkpoint, or None.
+        Chosen by the header lines alone: only the chosen file is read whole."""
+        candidates = [(header["epoch"], p) for p in self._others() if self._continues(header := _header_line(p))]
+        if not candidates:
             return None
+        best = max(candidates)[1]
         try:
-            state = safe_load(best[1], data=best[2])
-        except DataError as error:
+            _, payload = read_header(best)
+            state = safe_load(best, data=payload)
+        except (DataError, OSError) as error:
             warn(f"ignoring resume checkpoint: {error}; starting over")
             return None
-        self.loaded_from = best[1]
+        self.loaded_from = best
         return state if isinstance(state, dict) else None
 
     def _continues(self, header: dict[str, Any]) -> bool:
@@ -202,6 +198,16 @@ class ResumeStore:
         write_bytes(self.path, json.dumps(header, sort_keys=True).encode() + b"\n" + payload)
         self._last_save = time.monotonic()
         return True
+
+
+def _header_line(path: Path) -> dict[str, Any]:
+    """A checkpoint's header, unchecked ({} where there is none): enough to choose one by."""
+    try:
+        with path.open("rb") as file:
+            header = json.loads(file.readline())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return header if isinstance(header, dict) else {}
 
 
 def _digest(data: dict[str, Any]) -> str:

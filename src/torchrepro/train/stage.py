@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ PACKAGE = Path(__file__).resolve().parents[1]
 TRAINING_CODE = ("core", "models", "train", "optim.py", "normalize/store.py")
 
 
+@cache  # the files do not change while a run goes on; fingerprint and lineage both ask
 def code_digest() -> str:
     """SHA-256 over the training code's Python files, in a fixed order."""
     files = sorted(
