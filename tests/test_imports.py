@@ -45,23 +45,28 @@ print("loaded:" + ",".join(m for m in heavy if m in sys.modules))
 """
 
 
+def tiny_project(root, raw: dict) -> None:
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    (root / "data/csv").mkdir(parents=True, exist_ok=True)
+    (root / "data/csv/line.csv").write_text("x,y\n" + "".join(f"{i},{2 * i + 1}\n" for i in range(10)))
+
+
+def heavy_imports(root, *args: str) -> set[str]:
+    """Run `python stages/<args[0]>.py args[1:]` in root; the heavy packages it loaded."""
+    script = str(ROOT / "stages" / f"{args[0]}.py")
+    command = [sys.executable, "-c", PROBE, script, ",".join(HEAVY), script, *args[1:]]
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip().splitlines()[-1]
+    return set(filter(None, line.removeprefix("loaded:").split(",")))
+
+
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory) -> dict[tuple, set[str]]:
     """Run every stage of a tiny project once, in dependency order, and record its imports."""
     root = tmp_path_factory.mktemp("project")
-    raw = tiny_params_dict()
-    (root / "params.yaml").write_text(yaml.safe_dump(raw))
-    (root / "data/csv").mkdir(parents=True)
-    (root / "data/csv/line.csv").write_text("x,y\n" + "".join(f"{i},{2 * i + 1}\n" for i in range(10)))
-    results = {}
-    for args in STAGES:  # in order: each stage leaves what the next ones read
-        script = str(ROOT / "stages" / f"{args[0]}.py")
-        command = [sys.executable, "-c", PROBE, script, ",".join(HEAVY), script, *args[1:]]
-        done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
-        line = done.stdout.strip().splitlines()[-1]
-        results[args] = set(filter(None, line.removeprefix("loaded:").split(",")))
-    return results
+    tiny_project(root, tiny_params_dict())
+    return {args: heavy_imports(root, *args) for args in STAGES}  # in order: each leaves what the next reads
 
 
 @pytest.mark.parametrize("args", list(STAGES), ids=" ".join)
@@ -74,3 +79,21 @@ def test_the_training_stages_do_import_torch(loaded):
     # writes its one metrics file itself: opening dvclive would cost it a second.
     assert {"torch", "dvclive"} <= loaded[("train", "digits_mlp")]
     assert "torch" in loaded[("evaluate", "digits_mlp")] and "dvclive" not in loaded[("evaluate", "digits_mlp")]
+
+
+def test_validate_checks_more_epochs_without_torch(tmp_path):
+    """validate remembers the torch checks that passed by what they read (validate.py): run
+    again, or with one more epoch, it does not import torch; with another learning rate it does."""
+    raw = tiny_params_dict()
+    train = raw["experiments"]["digits_mlp"]["train"]
+
+    def validate_loads_torch() -> bool:
+        tiny_project(tmp_path, raw)
+        return "torch" in heavy_imports(tmp_path, "validate", "logs/params.ok")
+
+    assert validate_loads_torch()  # nothing remembered yet
+    assert not validate_loads_torch()
+    train["epochs"] += 1
+    assert not validate_loads_torch()
+    train["lr"] = 0.5
+    assert validate_loads_torch()
