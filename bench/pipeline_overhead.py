@@ -119,8 +119,8 @@ print((time.perf_counter() - started) / ({epochs} - 1) * 1000)
 
 
 def train_seconds(clone: Path, experiments: list[str] | None = None) -> float:
-    logs = [clone / "logs" / f"{name}.json" for name in experiments] if experiments else (clone / "logs").glob("*.json")
-    return sum(json.loads(p.read_text())["train_seconds"] for p in logs)
+    experiments = experiments or yaml.safe_load((clone / "params.yaml").read_text())["experiments"]
+    return sum(json.loads((clone / "logs" / f"{name}.json").read_text())["train_seconds"] for name in experiments)
 
 
 def edit_rerun(clone: Path, experiment: str, key: str) -> tuple[float, float]:

@@ -10,7 +10,7 @@ from torchrepro import validate
 from torchrepro.core.errors import ParamsError
 from torchrepro.core.params import parse_params
 
-MEMO = "logs/validated.json"
+MEMO = "logs/params.checked.json"
 
 
 @pytest.fixture

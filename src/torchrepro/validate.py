@@ -6,7 +6,7 @@ options against the model's constructor, its optimizer and scheduler options aga
 torch.optim itself, each dataset's source options, and that the devices exist here.
 
 The checks that need torch (about 3 s of start-up) are remembered by what they read, in
-`paths.logs`/validated.json: an edit that changes none of it, such as more epochs without a
+`paths.logs`/params.checked.json: an edit that changes none of it, such as more epochs without a
 scheduler or another dataset split, is checked without importing torch.
 """
 
@@ -23,7 +23,9 @@ from torchrepro.core.params import Experiment, Params
 from torchrepro.download.sources import resolve_source
 
 MARKER = "params.yaml is valid\n"  # the same bytes whenever the params are valid: nothing reruns for it
-MEMO = "validated.json"  # in paths.logs: git-ignored, no DVC output, read by the next run only
+# In paths.logs, beside the marker: git-ignored, no DVC output, read by the next run only. The
+# dot keeps it apart from the train logs, <experiment>.json (experiment names have none).
+MEMO = "params.checked.json"
 PACKAGE = Path(__file__).resolve().parent
 
 
