@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import hashlib
 import io
 import json
@@ -626,6 +627,17 @@ VALUES = {
     "adam-betas-short": ("experiments.blobs_mlp.train.betas", [0.9], "train.betas.1: Field required"),
     "adam-betas-map": ("experiments.blobs_mlp.train.betas", {"a": 1}, "train.betas: Input should be a valid array"),
     "adam-betas-range": ("experiments.blobs_mlp.train.betas", [0.9, 1.5], "Invalid beta parameter"),
+    "adam-betas-date": (  # YAML reads 2020-01-01 as a date
+        "experiments.blobs_mlp.train.betas",
+        [0.9, datetime.date(2020, 1, 1)],
+        "train.betas: [0.9, datetime.date(2020, 1, 1)] is not a number, string, boolean or list for optimizer Adam",
+    ),
+    "adam-eps-date": ("experiments.blobs_mlp.train.eps", datetime.date(2020, 1, 1), "train.eps: datetime.date(2020"),
+    "step-size-date": (
+        "experiments.blobs_mlp.train.scheduler",
+        {"name": "step", "step_size": datetime.date(2020, 1, 1)},
+        "scheduler.step_size: datetime.date(2020, 1, 1) is not a number, string, boolean or list for scheduler StepLR",
+    ),
     "adam-amsgrad-int": ("experiments.blobs_mlp.train.amsgrad", 2, "train.amsgrad: Input should be a valid boolean"),
     "adam-foreach-word": (
         "experiments.blobs_mlp.train.foreach",

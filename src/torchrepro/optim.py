@@ -106,7 +106,13 @@ def _check_types(cls: type, options: dict[str, Any], key: str, what: str) -> Non
         if name not in types:
             continue
         try:
-            types[name].validate_json(json.dumps(value), strict=True)
+            as_json = json.dumps(value)
+        except (TypeError, ValueError):  # a YAML date or timestamp: no option of torch.optim's takes one
+            raise ParamsError(
+                f"{key}.{name}: {value!r} is not a number, string, boolean or list for {what} {cls.__name__}"
+            ) from None
+        try:
+            types[name].validate_json(as_json, strict=True)
         except ValidationError as error:
             first = first_error(error)
             where = ".".join(map(str, (name, *first.loc)))

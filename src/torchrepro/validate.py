@@ -68,7 +68,10 @@ def _inputs_digest(exp: Experiment, device_name: str) -> str | None:
         "train": exp.train.model_dump(exclude=unread),
         "checker": _checker(),
     }
-    return bytes_digest(json.dumps(inputs, sort_keys=True).encode())
+    try:
+        return bytes_digest(json.dumps(inputs, sort_keys=True).encode())
+    except (TypeError, ValueError):  # a value JSON has no form for (a YAML date): torch's checks name it
+        return None
 
 
 @cache
