@@ -37,6 +37,7 @@ import yaml
 from clone import env, fresh_clone, use_fashion_mnist  # bench/clone.py
 
 SMALL = ("linreg_line5", "line5")  # the smallest experiment and its dataset
+MEMO = "logs/params.checked.json"  # validate's memo of the torch checks that passed (validate.py)
 
 
 def timed(command: list[str], cwd: Path, extra: dict[str, str] | None = None) -> float:
@@ -99,7 +100,7 @@ def stage_costs(clone: Path) -> dict[str, float]:
     }
     costs = {kind: median(["python", *args], clone) for kind, args in commands.items()}
     # validate without its memo: every experiment's optimizer and scheduler built with torch
-    first = ["sh", "-c", "rm -f logs/params.checked.json && python stages/validate.py logs/params.ok"]
+    first = ["sh", "-c", f"rm -f {MEMO} && python stages/validate.py logs/params.ok"]
     return {"validate (first check)": median(first, clone)} | costs
 
 
@@ -132,7 +133,7 @@ def edit_rerun(clone: Path, experiment: str, key: str, forget: bool = False) -> 
     """(wall seconds of `dvc exp run -S` of one more epoch or of twice the learning rate, that
     run's training seconds). forget: validate's memo removed first, so it checks with torch."""
     if forget:
-        (clone / "logs/params.checked.json").unlink()
+        (clone / MEMO).unlink()
     train = yaml.safe_load((clone / "params.yaml").read_text())["experiments"][experiment]["train"]
     value = train["epochs"] + 1 if key == "epochs" else train["lr"] * 2
     wall = timed(["dvc", "exp", "run", "-S", f"experiments.{experiment}.train.{key}={value}"], clone)
@@ -174,8 +175,9 @@ def main() -> None:
         cycles = [("iris_mlp", "epochs", False), ("iris_mlp", "epochs", True), ("iris_mlp", "lr", False)]
         for experiment, key, forget in [*cycles, ("mnist_mlp", "epochs", False)]:
             wall, training = edit_rerun(clone, experiment, key, forget)
+            label = f"{experiment} {key}" + (" (validate memo removed)" if forget else "")
             print(
-                f"edit-rerun {experiment} {key}{' (validate memo removed)' if forget else ''}: {wall:.1f} s wall, {training:.1f} s training, "
+                f"edit-rerun {label}: {wall:.1f} s wall, {training:.1f} s training, "
                 f"{wall - training:.1f} s beyond it (target: DVC floor {floor5:.1f} s + 5 s)"
             )
         print(

@@ -36,9 +36,10 @@ def check(params: Params, memo: str | Path | None = None) -> None:
         resolve_source(name, dataset.source)
     passed_before, passed = _read_memo(memo), []
     for name, exp in params.experiments.items():
-        digest = _inputs_digest(exp, params.device_for(name))
+        device_name = params.device_for(name)
+        digest = _inputs_digest(exp, device_name)
         if digest is None or digest not in passed_before:
-            _check_with_torch(name, exp, params.device_for(name))
+            _check_with_torch(name, exp, device_name)
         if digest is not None:
             passed.append(digest)
     if memo is not None:
@@ -84,8 +85,10 @@ def _checker() -> dict[str, str]:
 def _read_memo(memo: str | Path | None) -> set[str]:
     """The digests that passed last time; none when there is no readable memo (then every
     check runs)."""
+    if memo is None:
+        return set()
     try:
-        return set(json.loads(Path(memo).read_text())["passed"]) if memo is not None else set()
+        return set(json.loads(Path(memo).read_text())["passed"])
     except (OSError, ValueError, KeyError, TypeError):
         return set()
 
