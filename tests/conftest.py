@@ -18,6 +18,11 @@ from torchrepro.core import determinism
 # Before torch is imported: the tests run under the shipped `determinism: portable`, as the
 # stages do (a fixed thread count, ATen and oneDNN at AVX2, MKL's reproducible branch).
 determinism.prepare_environment("portable", os.environ)
+# The suite runs processes side by side on few cores (the default pipeline in the background,
+# stage processes beside pytest's own), so portable's two OpenMP threads often share a core with
+# other work: spinning at each barrier for a descheduled peer made small trainings several times
+# slower. Waiting passively changes no result, only who gets the core; the stages inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from torchrepro.core.params import Params, parse_params  # noqa: E402
 from torchrepro.download.sources import Table, image_table  # noqa: E402

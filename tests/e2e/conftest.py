@@ -81,9 +81,8 @@ def dvc_env() -> dict[str, str]:
         "GIT_CONFIG_GLOBAL": os.devnull,  # the identity above, no signing or hooks from ~/.gitconfig
         "GIT_CONFIG_NOSYSTEM": "1",
         "MPLBACKEND": "Agg",
-        # Tiny models on a shared 2-core machine: one thread per process avoids oversubscription
-        # when two pipelines run at once (an epoch of 50 steps went from 0.05 s to over 1 s).
-        "OMP_NUM_THREADS": "1",
+        # Stages set their own thread count (`determinism`); OMP_WAIT_POLICY comes from
+        # tests/conftest.py, which keeps their threads from spinning when pipelines run side by side.
     }
     return env
 
@@ -233,13 +232,10 @@ class Background:
             self.process.wait()
 
 
-def start_fresh_clone(origin: Repo, dest: Path, threads: str | None = "1") -> Background:
+def start_fresh_clone(origin: Repo, dest: Path) -> Background:
     """`git clone` of origin (no DVC cache, no outputs) without the committed metrics, so every
-    stage must write its files anew; then `dvc repro` in the background. threads=None leaves
-    the stages the host's own thread count."""
+    stage must write its files anew; then `dvc repro` in the background."""
     clone = origin.clone(dest)
-    if threads is None:
-        clone.env.pop("OMP_NUM_THREADS")
     for rel in clone.git("ls-files", "metrics").stdout.split():
         (clone / rel).unlink()
     return Background(clone, "repro")
@@ -258,7 +254,7 @@ def pytest_collection_modifyitems(session, config, items):
         return
     items[:] = [item for item in items if item not in wanted] + wanted
     where = Path(tempfile.mkdtemp(prefix="torchrepro-default-pipeline-"))
-    background = start_fresh_clone(Repo(PROJECT), where / "clone", threads=None)
+    background = start_fresh_clone(Repo(PROJECT), where / "clone")
     config.stash[DEFAULT_PIPELINE] = background
     config.add_cleanup(lambda: (background.stop(), shutil.rmtree(where, ignore_errors=True)))
 
