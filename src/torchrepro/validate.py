@@ -18,7 +18,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from torchrepro.core.io import bytes_digest, file_digest, write_json, write_text
+from torchrepro.core.io import file_digest, json_digest, write_json, write_text
 from torchrepro.core.params import Experiment, Params
 from torchrepro.download.sources import resolve_source
 
@@ -70,7 +70,7 @@ def _inputs_digest(exp: Experiment, device_name: str) -> str | None:
         "checker": _checker(),
     }
     try:
-        return bytes_digest(json.dumps(inputs, sort_keys=True).encode())
+        return json_digest(inputs)
     except (TypeError, ValueError):  # a value JSON has no form for (a YAML date): torch's checks name it
         return None
 

@@ -231,6 +231,11 @@ def bytes_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def json_digest(obj: Any) -> str:
+    """SHA-256 of `obj` as JSON with sorted keys, as hex; TypeError for what JSON cannot encode."""
+    return bytes_digest(json.dumps(obj, sort_keys=True).encode())
+
+
 def require_regular_file(path: str | Path, what: str, hint: str = "") -> None:
     """Refuse anything but a regular file (links followed) before it is opened: opening a FIFO
     waits for a writer, /dev/zero never ends, a folder or a socket has no content to read.

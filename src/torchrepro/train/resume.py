@@ -27,7 +27,6 @@ results) unless this run continues them, and all but the newest few of the other
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from torchrepro.core.errors import DataError, ParamsError, warn
-from torchrepro.core.io import bytes_digest, write_bytes
+from torchrepro.core.io import bytes_digest, json_digest, write_bytes
 from torchrepro.models.checkpoint import safe_load, to_bytes
 
 FORMAT = "torchrepro-resume"
@@ -60,13 +59,9 @@ def interval_from_env() -> float:
 
 def read_header(path: Path) -> tuple[dict[str, Any], bytes]:
     """The header and the archive bytes of a checkpoint file, digest checked."""
-    data = path.read_bytes()
-    line, newline, payload = data.partition(b"\n")
-    try:
-        header = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        header = None
-    if not newline or not isinstance(header, dict) or header.get("format") != FORMAT:
+    line, newline, payload = path.read_bytes().partition(b"\n")
+    header = _parse_header(line)
+    if not newline or header.get("format") != FORMAT:
         raise DataError(f"{path}: not a resume checkpoint")
     if header.get("sha256") != bytes_digest(payload):
         raise DataError(f"{path}: damaged: its SHA-256 does not match its header")
@@ -92,8 +87,8 @@ class ResumeStore:
         # As plain JSON data: a str subclass such as torch.__version__ (TorchVersion) would be
         # pickled as its class, and weights_only loading then refuses the whole checkpoint.
         self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))
-        self.path = self.directory / f"{_digest(self.fingerprint)[:16]}.pt"
-        self.lineage = None if lineage is None else _digest(lineage)
+        self.path = self.directory / f"{json_digest(self.fingerprint)[:16]}.pt"
+        self.lineage = None if lineage is None else json_digest(lineage)
         self.epochs = epochs
         self.every_s = every_s
         self.loaded_from: Path | None = None  # the file load() took its state from
@@ -204,11 +199,15 @@ def _header_line(path: Path) -> dict[str, Any]:
     """A checkpoint's header, unchecked ({} where there is none): enough to choose one by."""
     try:
         with path.open("rb") as file:
-            header = json.loads(file.readline())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            return _parse_header(file.readline())
+    except OSError:
+        return {}
+
+
+def _parse_header(line: bytes) -> dict[str, Any]:
+    """A checkpoint's first line as its header; {} where it is not a JSON object."""
+    try:
+        header = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return {}
     return header if isinstance(header, dict) else {}
-
-
-def _digest(data: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
